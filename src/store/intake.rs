@@ -1,0 +1,214 @@
+//! Group commit: the one writer thread in front of a [`Store`].
+//!
+//! HTTP handlers hand each notification to a bounded queue with a reply channel and await the
+//! reply. The writer takes everything queued (up to [`MAX_BATCH`]), stores it in one
+//! transaction with one fsync, then answers every request of the batch. While it commits, the
+//! next batch gathers, so the batch size grows with the load and fsyncs per second stay flat.
+//! The queue is bounded: a request that cannot even enqueue waits, and the HTTP layer's
+//! `accept_timeout` turns a long wait into a 503, so memory stays bounded when the disk stalls.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Appended, NewEvent, Pruned, RejectedBody, Store, StoreError};
+use crate::model::Millis;
+
+/// Most notifications stored in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Rows deleted per pruning transaction, so a prune never holds the write lock for long.
+const PRUNE_CHUNK: usize = 2000;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IntakeError {
+    #[error("the store writer has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+}
+
+/// The writer's metrics, registered by the caller.
+#[derive(Clone)]
+pub struct IntakeMetrics {
+    pub commit_seconds: Histogram,
+    pub batch_events: Histogram,
+    pub queue_depth: Gauge,
+}
+
+impl IntakeMetrics {
+    pub fn new() -> IntakeMetrics {
+        IntakeMetrics {
+            commit_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+            ),
+            batch_events: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12),
+            ),
+            queue_depth: Gauge::default(),
+        }
+    }
+}
+
+enum Job {
+    Append(NewEvent, oneshot::Sender<Result<Appended, IntakeError>>),
+    Reject(RejectedBody),
+    Probe(oneshot::Sender<Result<(), IntakeError>>),
+    Prune(Millis, oneshot::Sender<Result<Pruned, IntakeError>>),
+}
+
+/// The handle that stages use to write; cheap to clone.
+#[derive(Clone)]
+pub struct Intake {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Owns the writer thread; [`IntakeWriter::finish`] waits until every queued job is done.
+pub struct IntakeWriter {
+    thread: JoinHandle<()>,
+}
+
+impl Intake {
+    /// Starts the writer thread. `capacity` bounds the notifications waiting for a batch.
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: IntakeMetrics,
+        capacity: usize,
+    ) -> std::io::Result<(Intake, IntakeWriter)> {
+        let (jobs, queue) = mpsc::channel(capacity);
+        let thread = std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || write_batches(&*store, queue, &metrics))?;
+        Ok((Intake { jobs }, IntakeWriter { thread }))
+    }
+
+    /// Stores `event` and returns once it is durable (or a duplicate of a durable event).
+    pub async fn append(&self, event: NewEvent) -> Result<Appended, IntakeError> {
+        self.request(|reply| Job::Append(event, reply)).await?
+    }
+
+    /// Queues a rejected body for keeping without waiting; it is dropped (and `false` returned)
+    /// when the queue is full, since a refusal must not wait behind valid notifications.
+    pub fn reject(&self, body: RejectedBody) -> bool {
+        self.jobs.try_send(Job::Reject(body)).is_ok()
+    }
+
+    /// Proves the writer is running and the store can take its write lock.
+    pub async fn probe(&self) -> Result<(), IntakeError> {
+        self.request(Job::Probe).await?
+    }
+
+    /// Prunes everything prunable received before `before`, one short transaction per job so
+    /// that notifications keep being stored in between.
+    pub async fn prune(&self, before: Millis) -> Result<Pruned, IntakeError> {
+        let mut total = Pruned::default();
+        loop {
+            let chunk = self.request(|reply| Job::Prune(before, reply)).await??;
+            total.events += chunk.events;
+            total.rejected += chunk.rejected;
+            if chunk.events < PRUNE_CHUNK && chunk.rejected < PRUNE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn request<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<T>) -> Job,
+    ) -> Result<T, IntakeError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(job(reply)).await.map_err(|_| IntakeError::Stopped)?;
+        answer.await.map_err(|_| IntakeError::Stopped)
+    }
+}
+
+impl IntakeWriter {
+    /// Waits for the writer to drain its queue. It stops once every [`Intake`] is dropped.
+    pub fn finish(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("the store writer panicked; notifications answered 200 are on disk");
+        }
+    }
+}
+
+fn write_batches(store: &dyn Store, mut queue: mpsc::Receiver<Job>, metrics: &IntakeMetrics) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut batch = Batch::default();
+        batch.add(first);
+        while batch.events.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.add(job),
+                Err(_) => break,
+            }
+        }
+        metrics.queue_depth.set(queue.len() as i64);
+        batch.commit(store, metrics);
+        batch.run_maintenance(store);
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    events: Vec<NewEvent>,
+    replies: Vec<oneshot::Sender<Result<Appended, IntakeError>>>,
+    rejected: Vec<RejectedBody>,
+    probes: Vec<oneshot::Sender<Result<(), IntakeError>>>,
+    prunes: Vec<(Millis, oneshot::Sender<Result<Pruned, IntakeError>>)>,
+}
+
+impl Batch {
+    fn add(&mut self, job: Job) {
+        match job {
+            Job::Append(event, reply) => {
+                self.events.push(event);
+                self.replies.push(reply);
+            }
+            Job::Reject(body) => self.rejected.push(body),
+            Job::Probe(reply) => self.probes.push(reply),
+            Job::Prune(before, reply) => self.prunes.push((before, reply)),
+        }
+    }
+
+    fn commit(&mut self, store: &dyn Store, metrics: &IntakeMetrics) {
+        if self.events.is_empty() && self.rejected.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = store.append(&self.events, &self.rejected);
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.batch_events.observe(self.events.len() as f64);
+        match result {
+            Ok(outcomes) => {
+                for (reply, outcome) in self.replies.drain(..).zip(outcomes) {
+                    // A requester that gave up (timeout, closed connection) is gone; its
+                    // notification is stored all the same and a re-push will be a duplicate.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = %error,
+                    notifications = self.events.len(),
+                    "store cannot write; answering 503 until it can"
+                );
+                let error = Arc::new(error);
+                for reply in self.replies.drain(..) {
+                    let _ = reply.send(Err(IntakeError::Store(Arc::clone(&error))));
+                }
+            }
+        }
+    }
+
+    fn run_maintenance(self, store: &dyn Store) {
+        for reply in self.probes {
+            let _ = reply.send(store.probe().map_err(|e| IntakeError::Store(Arc::new(e))));
+        }
+        for (before, reply) in self.prunes {
+            let pruned = store.prune(before, PRUNE_CHUNK);
+            let _ = reply.send(pruned.map_err(|e| IntakeError::Store(Arc::new(e))));
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Durable storage. The [`Store`] trait is what the stages need; [`sqlite`] is the embedded
+//! backend that `serve` uses by default, and a PostgreSQL backend can implement the same trait
+//! for multi-instance deployments. [`Intake`] is the group-commit writer in front of a store:
+//! many concurrent requests share one transaction and one fsync.
+//!
+//! No SQL lives outside this module.
+
+mod intake;
+pub mod sqlite;
+
+use serde::Serialize;
+
+use crate::model::{EventId, EventStatus, Millis};
+use crate::notification::Problem;
+
+pub use intake::{Intake, IntakeError, IntakeMetrics, IntakeWriter};
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the store's folder {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error("no store at {path}; start `notirouter serve` once, or fix store.path")]
+    Missing { path: String },
+    #[error("the store was written by a newer notirouter (schema {found}, this one knows {known}); upgrade notirouter")]
+    NewerSchema { found: i64, known: i64 },
+    #[error("store {context}: {source}")]
+    Database { context: &'static str, source: rusqlite::Error },
+    #[error("stored data is damaged ({0}); restore the store from a backup")]
+    Damaged(String),
+}
+
+/// A notification ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub received_at: Millis,
+    pub path: String,
+    pub remote_addr: Option<String>,
+    pub notify_type: Option<String>,
+    pub device_id: Option<String>,
+    /// The body exactly as received.
+    pub body: Vec<u8>,
+    /// SHA-256 of the canonical JSON: the duplicate key.
+    pub hash: [u8; 32],
+    pub warnings: Vec<Problem>,
+}
+
+/// What became of one appended notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored as a new event.
+    Accepted(EventId),
+    /// A copy of an event stored within the dedup window of its first copy.
+    Duplicate(EventId),
+}
+
+/// A refused body, kept (truncated) so an operator can see what was turned away and why.
+#[derive(Debug, Clone)]
+pub struct RejectedBody {
+    pub received_at: Millis,
+    pub path: String,
+    pub remote_addr: Option<String>,
+    pub reason: String,
+    pub content_type: Option<String>,
+    /// At most `store.rejected_max_bytes` of the body.
+    pub body: Vec<u8>,
+    /// The length of the whole body as far as it was read.
+    pub body_len: usize,
+}
+
+/// Filters of `events list`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub status: Option<EventStatus>,
+    pub notify_type: Option<String>,
+    pub device_id: Option<String>,
+    pub limit: u32,
+}
+
+/// One row of `events list`; the JSON keys are SPEC.md's.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    pub id: String,
+    pub received_at: String,
+    pub notify_type: Option<String>,
+    pub device_id: Option<String>,
+    pub status: String,
+    pub warnings: serde_json::Value,
+    pub actions: u64,
+    pub error: Option<String>,
+}
+
+/// One event's whole story, for `events show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventDetail {
+    #[serde(flatten)]
+    pub summary: EventSummary,
+    pub path: String,
+    pub remote_addr: Option<String>,
+    /// The body as received (it parsed as JSON, so it is UTF-8).
+    pub body: String,
+}
+
+/// What one pruning pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: usize,
+    pub rejected: usize,
+}
+
+/// Storage for every stage. Implementations are used from one writer thread for writes (the
+/// [`Intake`]) and from any thread for reads.
+pub trait Store: Send + Sync + 'static {
+    /// Stores `events` and `rejected` in one durable transaction: when this returns `Ok`, all of
+    /// it survives a crash or power loss; on `Err`, none of it is stored. Duplicates (by hash,
+    /// within the dedup window of the first copy, including copies within `events`) are not
+    /// stored again.
+    fn append(
+        &self,
+        events: &[NewEvent],
+        rejected: &[RejectedBody],
+    ) -> Result<Vec<Appended>, StoreError>;
+
+    /// Proves the store can take a write lock now.
+    fn probe(&self) -> Result<(), StoreError>;
+
+    /// Deletes, at most `limit` rows at a time, finished events received before `before` whose
+    /// actions are all settled, and rejected bodies received before it.
+    fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError>;
+
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
+
+    fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError>;
+}

@@ -1,0 +1,95 @@
+//! The schema and its migrations. `PRAGMA user_version` records how many migrations a database
+//! has had; each migration runs in its own transaction, so a crash mid-upgrade leaves the
+//! previous version intact.
+
+use rusqlite::Connection;
+
+use crate::store::StoreError;
+
+/// Each entry upgrades the schema by one version; append, never edit.
+const MIGRATIONS: &[&str] = &[
+    // 1: events, rejected bodies, and the actions that scripts will queue.
+    "CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        received_at INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        remote_addr TEXT,
+        notify_type TEXT,
+        device_id TEXT,
+        body BLOB NOT NULL,
+        body_hash BLOB NOT NULL,
+        warnings TEXT NOT NULL DEFAULT '[]',
+        status TEXT NOT NULL DEFAULT 'pending',
+        error TEXT,
+        handled_at INTEGER
+    );
+    CREATE INDEX events_by_hash ON events (body_hash, received_at);
+    CREATE INDEX events_by_device ON events (device_id, seq);
+    CREATE TABLE rejected (
+        seq INTEGER PRIMARY KEY,
+        received_at INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        remote_addr TEXT,
+        reason TEXT NOT NULL,
+        content_type TEXT,
+        body BLOB NOT NULL,
+        body_len INTEGER NOT NULL
+    );
+    CREATE TABLE actions (
+        id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        plugin TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due_at INTEGER NOT NULL,
+        last_error TEXT,
+        result TEXT,
+        sent_at INTEGER,
+        replayed_from TEXT
+    );
+    CREATE INDEX actions_by_event ON actions (event_id);",
+];
+
+/// Brings the schema up to date.
+pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let database = |context| move |source| StoreError::Database { context, source };
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(database("reading the schema version"))?;
+    if found > known {
+        return Err(StoreError::NewerSchema { found, known });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let transaction = connection.transaction().map_err(database("starting a migration"))?;
+        transaction.execute_batch(sql).map_err(database("migrating the schema"))?;
+        transaction
+            .pragma_update(None, "user_version", index as i64 + 1)
+            .map_err(database("recording the schema version"))?;
+        transaction.commit().map_err(database("committing a migration"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op_and_newer_schemas_are_refused() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        migrate(&mut connection).unwrap();
+        migrate(&mut connection).unwrap();
+        let version: i64 =
+            connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        connection.pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(migrate(&mut connection), Err(StoreError::NewerSchema { found: 99, .. })));
+    }
+}
