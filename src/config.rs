@@ -24,9 +24,17 @@ pub const ENV_PREFIX: &str = "NOTIROUTER__";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
-    File { path: PathBuf, line: usize, column: usize, message: String },
+    File {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{path}: {message}")]
     FileSyntax { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
@@ -42,7 +50,10 @@ impl ConfigError {
     }
 
     fn invalid(key: &str, message: impl Into<String>) -> Self {
-        ConfigError::Invalid { key: key.to_owned(), message: message.into() }
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -217,8 +228,10 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Unreadable { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, path, env)
     }
 
@@ -229,8 +242,10 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let mut raw: RawConfig = toml::from_str(text).map_err(|e| file_error(path, text, &e))?;
-        let overrides: BTreeMap<String, String> =
-            env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+        let overrides: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
         if !overrides.is_empty() {
             raw = apply_overrides(text, path, &overrides)?;
         }
@@ -245,14 +260,19 @@ impl Config {
             ("channels", raw.channels.is_some()),
             ("delivery", raw.delivery.is_some()),
             ("platform", raw.platform.is_some()),
-            ("server.trusted_proxies", raw.server.trusted_proxies.is_some()),
+            (
+                "server.trusted_proxies",
+                raw.server.trusted_proxies.is_some(),
+            ),
             ("server.metrics_listen", raw.server.metrics_listen.is_some()),
             ("server.tls", raw.server.tls.is_some()),
             ("server.auth", raw.server.auth.is_some()),
         ])?;
         Ok(Config {
             server: server_from_raw(raw.server)?,
-            log: LogConfig { format: raw.log.format },
+            log: LogConfig {
+                format: raw.log.format,
+            },
             store: store_from_raw(raw.store)?,
         })
     }
@@ -272,11 +292,17 @@ fn server_from_raw(raw: RawServer) -> Result<ServerConfig, ConfigError> {
     let listen = raw.listen.parse().map_err(|_| {
         ConfigError::invalid(
             "server.listen",
-            format!("{:?} is not an address and port such as \"127.0.0.1:8080\"", raw.listen),
+            format!(
+                "{:?} is not an address and port such as \"127.0.0.1:8080\"",
+                raw.listen
+            ),
         )
     })?;
     if raw.paths.is_empty() {
-        return Err(ConfigError::invalid("server.paths", "needs at least one path"));
+        return Err(ConfigError::invalid(
+            "server.paths",
+            "needs at least one path",
+        ));
     }
     for (index, path) in raw.paths.iter().enumerate() {
         let problem = if !path.starts_with('/') {
@@ -293,14 +319,23 @@ fn server_from_raw(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             None
         };
         if let Some(problem) = problem {
-            return Err(ConfigError::invalid(&format!("server.paths[{index}]"), problem));
+            return Err(ConfigError::invalid(
+                &format!("server.paths[{index}]"),
+                problem,
+            ));
         }
     }
     if raw.max_body_bytes == 0 {
-        return Err(ConfigError::invalid("server.max_body_bytes", "must be at least 1"));
+        return Err(ConfigError::invalid(
+            "server.max_body_bytes",
+            "must be at least 1",
+        ));
     }
     if raw.accept_timeout.is_zero() {
-        return Err(ConfigError::invalid("server.accept_timeout", "must be longer than zero"));
+        return Err(ConfigError::invalid(
+            "server.accept_timeout",
+            "must be longer than zero",
+        ));
     }
     Ok(ServerConfig {
         listen,
@@ -313,7 +348,10 @@ fn server_from_raw(raw: RawServer) -> Result<ServerConfig, ConfigError> {
 
 fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
     if raw.path.as_os_str().is_empty() {
-        return Err(ConfigError::invalid("store.path", "must name a database file"));
+        return Err(ConfigError::invalid(
+            "store.path",
+            "must name a database file",
+        ));
     }
     Ok(StoreConfig {
         path: raw.path,
@@ -329,9 +367,17 @@ fn file_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
     match error.span() {
         Some(span) => {
             let (line, column) = line_and_column(text, span.start);
-            ConfigError::File { path: path.to_owned(), line, column, message }
+            ConfigError::File {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
         }
-        None => ConfigError::FileSyntax { path: path.to_owned(), message },
+        None => ConfigError::FileSyntax {
+            path: path.to_owned(),
+            message,
+        },
     }
 }
 
@@ -339,7 +385,11 @@ fn file_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |tail| tail.chars().count()) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |tail| tail.chars().count())
+        + 1;
     (line, column)
 }
 
@@ -353,9 +403,14 @@ fn apply_overrides(
     let mut table: toml::Table = text.parse().map_err(|e| file_error(path, text, &e))?;
     let mut raw = None;
     for (var, value) in overrides {
-        let env_error = |message: String| ConfigError::Env { var: var.clone(), message };
-        let keys: Vec<String> =
-            var[ENV_PREFIX.len()..].split("__").map(str::to_lowercase).collect();
+        let env_error = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        let keys: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_lowercase)
+            .collect();
         if keys.iter().any(String::is_empty) {
             return Err(env_error(
                 "is not of the form NOTIROUTER__SECTION__KEY (segments joined by \"__\")".into(),
@@ -378,14 +433,17 @@ fn override_value(text: &str) -> toml::Value {
 }
 
 fn set_key(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = keys.split_last().expect("split(\"__\") yields at least one segment");
+    let (last, parents) = keys
+        .split_last()
+        .expect("split(\"__\") yields at least one segment");
     let mut current = table;
     for (depth, key) in parents.iter().enumerate() {
-        let entry =
-            current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry.as_table_mut().ok_or_else(|| {
-            format!("`{}` is a value, not a section", keys[..=depth].join("."))
-        })?;
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is a value, not a section", keys[..=depth].join(".")))?;
     }
     current.insert(last.clone(), value);
     Ok(())
@@ -426,8 +484,8 @@ mod tests {
 
     #[test]
     fn durations_are_human_strings() {
-        let config = parse("[server]\naccept_timeout = \"500ms\"\n[store]\nretention = \"7d\"")
-            .unwrap();
+        let config =
+            parse("[server]\naccept_timeout = \"500ms\"\n[store]\nretention = \"7d\"").unwrap();
         assert_eq!(config.server.accept_timeout, Duration::from_millis(500));
         assert_eq!(config.store.retention, Duration::from_secs(7 * 86400));
     }
@@ -436,19 +494,33 @@ mod tests {
     fn unknown_keys_are_named_with_their_position() {
         let error = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
         let text = error.to_string();
-        assert!(text.starts_with("test.toml:3:1: unknown field `lisen`"), "{text}");
+        assert!(
+            text.starts_with("test.toml:3:1: unknown field `lisen`"),
+            "{text}"
+        );
     }
 
     #[test]
     fn invalid_values_say_what_was_expected() {
-        let error = parse("[server]\nvalidation = \"loose\"\n").unwrap_err().to_string();
+        let error = parse("[server]\nvalidation = \"loose\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("test.toml:2:14"), "{error}");
         assert!(error.contains("expected `lenient` or `strict`"), "{error}");
-        let error = parse("[store]\ndedup_window = \"5x\"\n").unwrap_err().to_string();
+        let error = parse("[store]\ndedup_window = \"5x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("test.toml:2:16"), "{error}");
-        let error = parse("[server]\nlisten = \"localhost\"\n").unwrap_err().to_string();
-        assert!(error.starts_with("server.listen: \"localhost\" is not an address"), "{error}");
-        let error = parse("[server]\npaths = [\"/a\", \"b\"]\n").unwrap_err().to_string();
+        let error = parse("[server]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("server.listen: \"localhost\" is not an address"),
+            "{error}"
+        );
+        let error = parse("[server]\npaths = [\"/a\", \"b\"]\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(error, "server.paths[1]: must start with '/'");
     }
 
@@ -463,7 +535,9 @@ mod tests {
             let error = parse(text).unwrap_err().to_string();
             assert_eq!(
                 error,
-                format!("{key}: not supported in this version of notirouter; remove it from the config")
+                format!(
+                    "{key}: not supported in this version of notirouter; remove it from the config"
+                )
             );
         }
     }
@@ -492,19 +566,34 @@ mod tests {
         let error = parse_env("", &[("NOTIROUTER__SERVER__LISEN", "1")]).unwrap_err();
         let text = error.to_string();
         assert!(
-            text.starts_with("environment variable NOTIROUTER__SERVER__LISEN: unknown field `lisen`"),
+            text.starts_with(
+                "environment variable NOTIROUTER__SERVER__LISEN: unknown field `lisen`"
+            ),
             "{text}"
         );
         let error = parse_env("", &[("NOTIROUTER__SERVER__MAX_BODY_BYTES", "lots")]).unwrap_err();
-        assert!(error.to_string().contains("NOTIROUTER__SERVER__MAX_BODY_BYTES"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("NOTIROUTER__SERVER__MAX_BODY_BYTES"),
+            "{error}"
+        );
         let error = parse_env(
             "[server]\nlisten = \"127.0.0.1:1\"",
             &[("NOTIROUTER__SERVER__LISTEN__PORT", "1")],
         )
         .unwrap_err();
-        assert!(error.to_string().contains("`server.listen` is a value, not a section"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("`server.listen` is a value, not a section"),
+            "{error}"
+        );
         let error = parse_env("", &[("NOTIROUTER__", "1")]).unwrap_err();
-        assert!(error.to_string().contains("NOTIROUTER__SECTION__KEY"), "{error}");
+        assert!(
+            error.to_string().contains("NOTIROUTER__SECTION__KEY"),
+            "{error}"
+        );
     }
 
     #[test]

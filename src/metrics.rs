@@ -44,7 +44,11 @@ const KNOWN_TYPES: &[&str] = &[
 pub fn type_label(notify_type: Option<&str>) -> &'static str {
     match notify_type {
         None => "none",
-        Some(name) => KNOWN_TYPES.iter().find(|known| **known == name).copied().unwrap_or("other"),
+        Some(name) => KNOWN_TYPES
+            .iter()
+            .find(|known| **known == name)
+            .copied()
+            .unwrap_or("other"),
     }
 }
 
@@ -102,7 +106,7 @@ impl Metrics {
         let rejections = Family::<ReasonLabels, Counter>::default();
         let rejected_not_kept = Counter::default();
         let receive_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        let intake = IntakeMetrics::new();
+        let intake = IntakeMetrics::default();
         registry.register(
             "notifications_received",
             "Notifications received, by type and by what the receiver answered",
@@ -143,22 +147,36 @@ impl Metrics {
             "Jobs waiting for the store writer after it took a batch",
             intake.queue_depth.clone(),
         );
-        Metrics { registry, received, warnings, rejections, rejected_not_kept, receive_seconds, intake }
+        Metrics {
+            registry,
+            received,
+            warnings,
+            rejections,
+            rejected_not_kept,
+            receive_seconds,
+            intake,
+        }
     }
 
     pub fn received(&self, notify_type: Option<&str>, outcome: Outcome) {
-        let labels =
-            ReceivedLabels { notify_type: type_label(notify_type), outcome: outcome.as_str() };
+        let labels = ReceivedLabels {
+            notify_type: type_label(notify_type),
+            outcome: outcome.as_str(),
+        };
         self.received.get_or_create(&labels).inc();
     }
 
     pub fn warnings(&self, notify_type: Option<&str>, count: usize) {
-        let labels = TypeLabels { notify_type: type_label(notify_type) };
+        let labels = TypeLabels {
+            notify_type: type_label(notify_type),
+        };
         self.warnings.get_or_create(&labels).inc_by(count as u64);
     }
 
     pub fn rejected(&self, reason: &'static str) {
-        self.rejections.get_or_create(&ReasonLabels { reason }).inc();
+        self.rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn rejected_not_kept(&self) {
@@ -190,7 +208,10 @@ mod tests {
 
     #[test]
     fn unknown_types_share_one_label() {
-        assert_eq!(type_label(Some("swUpgradeResultNotify")), "swUpgradeResultNotify");
+        assert_eq!(
+            type_label(Some("swUpgradeResultNotify")),
+            "swUpgradeResultNotify"
+        );
         assert_eq!(type_label(Some("madeUp")), "other");
         assert_eq!(type_label(None), "none");
     }
@@ -205,7 +226,13 @@ mod tests {
         assert!(text.contains(
             "notirouter_notifications_received_total{notify_type=\"swUpgradeResultNotify\",outcome=\"accepted\"} 2"
         ), "{text}");
-        assert!(text.contains("notirouter_rejections_total{reason=\"not_json\"} 1"), "{text}");
-        assert!(text.contains("notirouter_store_commit_duration_seconds_count 0"), "{text}");
+        assert!(
+            text.contains("notirouter_rejections_total{reason=\"not_json\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notirouter_store_commit_duration_seconds_count 0"),
+            "{text}"
+        );
     }
 }

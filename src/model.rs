@@ -21,9 +21,9 @@ impl FromStr for EventId {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ulid::from_string(text.trim())
-            .map(EventId)
-            .map_err(|_| format!("{text:?} is not an event id (26 characters, as `events list` shows)"))
+        Ulid::from_string(text.trim()).map(EventId).map_err(|_| {
+            format!("{text:?} is not an event id (26 characters, as `events list` shows)")
+        })
     }
 }
 
@@ -56,7 +56,9 @@ impl FromStr for EventStatus {
             "pending" => Ok(EventStatus::Pending),
             "handled" => Ok(EventStatus::Handled),
             "failed" => Ok(EventStatus::Failed),
-            other => Err(format!("unknown event status {other:?}; expected pending, handled or failed")),
+            other => Err(format!(
+                "unknown event status {other:?}; expected pending, handled or failed"
+            )),
         }
     }
 }
@@ -90,7 +92,10 @@ impl Millis {
 
 impl From<SystemTime> for Millis {
     fn from(time: SystemTime) -> Millis {
-        let millis = time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        let millis = time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
         Millis(i64::try_from(millis).unwrap_or(i64::MAX))
     }
 }
@@ -109,7 +114,11 @@ mod tests {
 
     #[test]
     fn statuses_round_trip() {
-        for status in [EventStatus::Pending, EventStatus::Handled, EventStatus::Failed] {
+        for status in [
+            EventStatus::Pending,
+            EventStatus::Handled,
+            EventStatus::Failed,
+        ] {
             assert_eq!(status.as_str().parse::<EventStatus>().unwrap(), status);
         }
         assert!("done".parse::<EventStatus>().is_err());
@@ -117,7 +126,10 @@ mod tests {
 
     #[test]
     fn times_render_as_rfc3339_utc() {
-        assert_eq!(Millis(1_700_000_000_123).to_rfc3339(), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            Millis(1_700_000_000_123).to_rfc3339(),
+            "2023-11-14T22:13:20.123Z"
+        );
         assert_eq!(Millis(10_000).minus(Duration::from_secs(3)), Millis(7_000));
     }
 }

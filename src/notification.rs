@@ -31,11 +31,19 @@ pub struct Problem {
 
 impl Problem {
     fn invalid(field: &str, error: impl Into<String>) -> Self {
-        Problem { field: field.to_owned(), error: error.into(), severity: Severity::Invalid }
+        Problem {
+            field: field.to_owned(),
+            error: error.into(),
+            severity: Severity::Invalid,
+        }
     }
 
     fn unusual(field: &str, error: impl Into<String>) -> Self {
-        Problem { field: field.to_owned(), error: error.into(), severity: Severity::Unusual }
+        Problem {
+            field: field.to_owned(),
+            error: error.into(),
+            severity: Severity::Unusual,
+        }
     }
 }
 
@@ -63,14 +71,23 @@ pub struct Notification {
 /// Parses and checks a raw body. Never panics: serde_json bounds nesting depth (128), so a
 /// hostile 10,000-deep body is a `NotJson` error rather than a stack overflow.
 pub fn parse(body: &[u8]) -> Result<Notification, BodyError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
     let Value::Object(object) = &value else {
         return Err(BodyError::NotObject);
     };
     let notify_type = notify_type_of(object);
     let problems = validate(object, notify_type.as_deref());
-    let device_id = object.get("deviceId").and_then(Value::as_str).map(str::to_owned);
-    Ok(Notification { notify_type, device_id, problems, hash: canonical_hash(&value) })
+    let device_id = object
+        .get("deviceId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(Notification {
+        notify_type,
+        device_id,
+        problems,
+        hash: canonical_hash(&value),
+    })
 }
 
 /// A body without `notifyType` that has `commandId` and `result` is the command-status push,
@@ -102,20 +119,40 @@ struct Rule {
 }
 
 const fn text(field: &'static str) -> Rule {
-    Rule { field, expect: Expect::Text, allowed: &[] }
+    Rule {
+        field,
+        expect: Expect::Text,
+        allowed: &[],
+    }
 }
 
 const fn one_of(field: &'static str, allowed: &'static [&'static str]) -> Rule {
-    Rule { field, expect: Expect::Text, allowed }
+    Rule {
+        field,
+        expect: Expect::Text,
+        allowed,
+    }
 }
 
-const UPGRADE_IDS: [Rule; 4] =
-    [text("deviceId"), text("appId"), text("operationId"), text("subOperationId")];
-const VERSIONS: [Rule; 3] = [text("curVersion"), text("targetVersion"), text("sourceVersion")];
+const UPGRADE_IDS: [Rule; 4] = [
+    text("deviceId"),
+    text("appId"),
+    text("operationId"),
+    text("subOperationId"),
+];
+const VERSIONS: [Rule; 3] = [
+    text("curVersion"),
+    text("targetVersion"),
+    text("sourceVersion"),
+];
 const RESULT_VALUES: &[&str] = &["SUCCESS", "FAIL"];
 
 fn rules_for(notify_type: &str) -> Option<Vec<Rule>> {
-    let upgrade_time = Rule { field: "upgradeTime", expect: Expect::TextOrNumber, allowed: &[] };
+    let upgrade_time = Rule {
+        field: "upgradeTime",
+        expect: Expect::TextOrNumber,
+        allowed: &[],
+    };
     let rules = match notify_type {
         "swUpgradeResultNotify" => {
             let mut rules: Vec<Rule> = UPGRADE_IDS.into_iter().chain(VERSIONS).collect();
@@ -138,13 +175,21 @@ fn rules_for(notify_type: &str) -> Option<Vec<Rule>> {
         }
         "fwUpgradeStateChangeNotify" => {
             let mut rules: Vec<Rule> = UPGRADE_IDS.into_iter().collect();
-            rules.push(Rule { field: "step", expect: Expect::TextOrNumber, allowed: &[] });
+            rules.push(Rule {
+                field: "step",
+                expect: Expect::TextOrNumber,
+                allowed: &[],
+            });
             rules
         }
         COMMAND_STATE_CHANGED => vec![
             text("deviceId"),
             text("commandId"),
-            Rule { field: "result", expect: Expect::Object, allowed: &[] },
+            Rule {
+                field: "result",
+                expect: Expect::Object,
+                allowed: &[],
+            },
         ],
         _ => return None,
     };
@@ -162,8 +207,10 @@ fn validate(object: &Map<String, Value>, notify_type: Option<&str>) -> Vec<Probl
     let Some(rules) = rules_for(notify_type) else {
         return Vec::new();
     };
-    let mut problems: Vec<Problem> =
-        rules.iter().filter_map(|rule| check(object, rule)).collect();
+    let mut problems: Vec<Problem> = rules
+        .iter()
+        .filter_map(|rule| check(object, rule))
+        .collect();
     problems.extend(conditional_problems(object, notify_type));
     problems
 }
@@ -191,7 +238,10 @@ fn check(object: &Map<String, Value>, rule: &Rule) -> Option<Problem> {
     (!rule.allowed.is_empty() && !rule.allowed.contains(&text)).then(|| {
         Problem::unusual(
             rule.field,
-            format!("undocumented value {text:?}; expected one of {}", rule.allowed.join(", ")),
+            format!(
+                "undocumented value {text:?}; expected one of {}",
+                rule.allowed.join(", ")
+            ),
         )
     })
 }
@@ -203,7 +253,9 @@ fn conditional_problems(object: &Map<String, Value>, notify_type: &str) -> Vec<P
     if notify_type == "swUpgradeResultNotify" && failed {
         let rule = text("errorCode");
         if let Some(mut problem) = check(object, &rule) {
-            problem.error.push_str(" (mandatory when swUpgradeResult is FAIL)");
+            problem
+                .error
+                .push_str(" (mandatory when swUpgradeResult is FAIL)");
             problems.push(problem);
         }
     }
@@ -277,15 +329,26 @@ mod tests {
     }
 
     fn fields(notification: &Notification) -> Vec<&str> {
-        notification.problems.iter().map(|p| p.field.as_str()).collect()
+        notification
+            .problems
+            .iter()
+            .map(|p| p.field.as_str())
+            .collect()
     }
 
     #[test]
     fn a_complete_software_failure_has_no_problems() {
         let notification = parse_value(&sw_fail());
-        assert_eq!(notification.notify_type.as_deref(), Some("swUpgradeResultNotify"));
+        assert_eq!(
+            notification.notify_type.as_deref(),
+            Some("swUpgradeResultNotify")
+        );
         assert_eq!(notification.device_id.as_deref(), Some("d1"));
-        assert!(notification.problems.is_empty(), "{:?}", notification.problems);
+        assert!(
+            notification.problems.is_empty(),
+            "{:?}",
+            notification.problems
+        );
     }
 
     #[test]
@@ -304,8 +367,16 @@ mod tests {
         body["operationId"] = Value::Null;
         body["curVersion"] = 13.into();
         let notification = parse_value(&body);
-        assert_eq!(fields(&notification), ["appId", "operationId", "curVersion"]);
-        assert!(notification.problems.iter().all(|p| p.severity == Severity::Invalid));
+        assert_eq!(
+            fields(&notification),
+            ["appId", "operationId", "curVersion"]
+        );
+        assert!(
+            notification
+                .problems
+                .iter()
+                .all(|p| p.severity == Severity::Invalid)
+        );
         assert_eq!(notification.problems[2].error, "must be a string");
     }
 
@@ -346,7 +417,10 @@ mod tests {
             "deviceId": "d", "commandId": "c", "result": {"resultCode": "TIMEOUT"}
         });
         let notification = parse_value(&body);
-        assert_eq!(notification.notify_type.as_deref(), Some(COMMAND_STATE_CHANGED));
+        assert_eq!(
+            notification.notify_type.as_deref(),
+            Some(COMMAND_STATE_CHANGED)
+        );
         assert_eq!(fields(&notification), ["result.resultCode"]);
         assert_eq!(notification.problems[0].severity, Severity::Unusual);
     }
@@ -358,7 +432,10 @@ mod tests {
         assert_eq!(fields(&untyped), ["notifyType"]);
         let numeric = parse_value(&serde_json::json!({"notifyType": 7}));
         assert_eq!(numeric.notify_type, None);
-        assert_eq!(numeric.problems[0].error, "must be a string naming the notification type");
+        assert_eq!(
+            numeric.problems[0].error,
+            "must be a string naming the notification type"
+        );
     }
 
     #[test]
@@ -371,10 +448,19 @@ mod tests {
     #[test]
     fn bodies_that_are_not_objects_are_refused() {
         assert_eq!(parse(b"[1,2]").unwrap_err(), BodyError::NotObject);
-        assert!(matches!(parse(b"{\"a\":").unwrap_err(), BodyError::NotJson(_)));
-        assert!(matches!(parse(b"{\"a\":\"\xff\"}").unwrap_err(), BodyError::NotJson(_)));
+        assert!(matches!(
+            parse(b"{\"a\":").unwrap_err(),
+            BodyError::NotJson(_)
+        ));
+        assert!(matches!(
+            parse(b"{\"a\":\"\xff\"}").unwrap_err(),
+            BodyError::NotJson(_)
+        ));
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-        assert!(matches!(parse(deep.as_bytes()).unwrap_err(), BodyError::NotJson(_)));
+        assert!(matches!(
+            parse(deep.as_bytes()).unwrap_err(),
+            BodyError::NotJson(_)
+        ));
     }
 
     #[test]
@@ -391,7 +477,8 @@ mod tests {
     #[test]
     fn canonical_form_is_the_sorted_compact_json() {
         let value: Value = serde_json::from_str(r#"{"b":[1,2.5,"é"],"a":null}"#).unwrap();
-        let expected: [u8; 32] = Sha256::digest("{\"a\":null,\"b\":[1,2.5,\"é\"]}".as_bytes()).into();
+        let expected: [u8; 32] =
+            Sha256::digest("{\"a\":null,\"b\":[1,2.5,\"é\"]}".as_bytes()).into();
         assert_eq!(canonical_hash(&value), expected);
     }
 }

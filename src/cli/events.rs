@@ -41,8 +41,19 @@ pub enum EventsCommand {
 pub fn run(config: &Config, command: EventsCommand) -> anyhow::Result<ExitCode> {
     let store = SqliteStore::open_existing(&config.store)?;
     match command {
-        EventsCommand::List { status, notify_type, device, limit, json } => {
-            let filter = EventFilter { status, notify_type, device_id: device, limit };
+        EventsCommand::List {
+            status,
+            notify_type,
+            device,
+            limit,
+            json,
+        } => {
+            let filter = EventFilter {
+                status,
+                notify_type,
+                device_id: device,
+                limit,
+            };
             let events = store.list_events(&filter)?;
             if json {
                 for event in &events {
@@ -96,15 +107,28 @@ fn print_detail(event: &crate::store::EventDetail) {
     println!("id:          {}", summary.id);
     println!("received:    {}", summary.received_at);
     println!("path:        {}", event.path);
-    println!("from:        {}", event.remote_addr.as_deref().unwrap_or("-"));
-    println!("type:        {}", summary.notify_type.as_deref().unwrap_or("-"));
-    println!("device:      {}", summary.device_id.as_deref().unwrap_or("-"));
+    println!(
+        "from:        {}",
+        event.remote_addr.as_deref().unwrap_or("-")
+    );
+    println!(
+        "type:        {}",
+        summary.notify_type.as_deref().unwrap_or("-")
+    );
+    println!(
+        "device:      {}",
+        summary.device_id.as_deref().unwrap_or("-")
+    );
     println!("status:      {}", summary.status);
     if let Some(error) = &summary.error {
         println!("error:       {error}");
     }
     for warning in summary.warnings.as_array().into_iter().flatten() {
-        println!("warning:     {}: {}", warning["field"].as_str().unwrap_or("?"), warning["error"].as_str().unwrap_or("?"));
+        println!(
+            "warning:     {}: {}",
+            warning["field"].as_str().unwrap_or("?"),
+            warning["error"].as_str().unwrap_or("?")
+        );
     }
     println!("actions:     {}", summary.actions);
     println!("body:        {}", event.body);

@@ -5,6 +5,7 @@
 mod events;
 mod serve;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,10 +15,19 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigError, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "notirouter", version, about = "Receives Huawei IoT platform notifications, stores them durably and routes them")]
+#[command(
+    name = "notirouter",
+    version,
+    about = "Receives Huawei IoT platform notifications, stores them durably and routes them"
+)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(long, global = true, env = "NOTIROUTER_CONFIG", default_value = "config/notirouter.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "NOTIROUTER_CONFIG",
+        default_value = "config/notirouter.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -79,7 +89,10 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

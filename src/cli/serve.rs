@@ -7,10 +7,16 @@ use anyhow::Context;
 use crate::config::Config;
 
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.server.listen)
-        .with_context(|| format!("cannot listen on {}; is another process using it?", config.server.listen))?;
+    let listener = TcpListener::bind(config.server.listen).with_context(|| {
+        format!(
+            "cannot listen on {}; is another process using it?",
+            config.server.listen
+        )
+    })?;
     actix_web::rt::System::new().block_on(async move {
-        crate::serve(config, listener, shutdown_signal()).await.context("the server stopped")
+        crate::serve(config, listener, shutdown_signal())
+            .await
+            .context("the server stopped")
     })?;
     tracing::info!("stopped");
     Ok(())

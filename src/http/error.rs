@@ -80,11 +80,21 @@ mod tests {
             (Refusal::TooLarge { limit: 10 }, 413),
             (Refusal::UnsupportedMediaType("text/plain".into()), 415),
             (Refusal::Body(BodyError::NotObject), 400),
-            (Refusal::Invalid { field: "deviceId".into(), error: "missing".into() }, 400),
+            (
+                Refusal::Invalid {
+                    field: "deviceId".into(),
+                    error: "missing".into(),
+                },
+                400,
+            ),
             (Refusal::Unavailable, 503),
         ];
         for (refusal, status) in cases {
-            assert_eq!(refusal.error_response().status().as_u16(), status, "{refusal}");
+            assert_eq!(
+                refusal.error_response().status().as_u16(),
+                status,
+                "{refusal}"
+            );
         }
     }
 

@@ -41,7 +41,9 @@ pub async fn run(
     let probes = web::Data::new(probes::Probes { intake, metrics });
     let paths = config.server.paths.clone();
     let server = HttpServer::new(move || {
-        let mut app = App::new().app_data(receiver.clone()).app_data(probes.clone());
+        let mut app = App::new()
+            .app_data(receiver.clone())
+            .app_data(probes.clone());
         for path in &paths {
             for route in [path.clone(), format!("{}/cmd", path.trim_end_matches('/'))] {
                 app = app.route(&route, web::post().to(receive::receive));

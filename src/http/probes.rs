@@ -35,8 +35,9 @@ async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready" })),
         Ok(Err(error)) => HttpResponse::ServiceUnavailable()
             .json(json!({ "status": "unavailable", "error": error.to_string() })),
-        Err(_) => HttpResponse::ServiceUnavailable()
-            .json(json!({ "status": "unavailable", "error": "the store writer is not keeping up" })),
+        Err(_) => HttpResponse::ServiceUnavailable().json(
+            json!({ "status": "unavailable", "error": "the store writer is not keeping up" }),
+        ),
     }
 }
 

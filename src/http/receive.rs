@@ -56,15 +56,14 @@ pub async fn receive(
         Ok(body) => receiver.accept(arrival, body).await,
         Err((refusal, prefix)) => receiver.refuse(&arrival, refusal, prefix, None),
     };
-    receiver.metrics.receive_duration(started.elapsed().as_secs_f64());
+    receiver
+        .metrics
+        .receive_duration(started.elapsed().as_secs_f64());
     response
 }
 
 /// Reads the whole body, or stops at the first byte over `limit` and returns what was read.
-async fn read_body(
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Vec<u8>, (Refusal, Vec<u8>)> {
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, (Refusal, Vec<u8>)> {
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = match chunk {
@@ -86,10 +85,21 @@ fn check_content_type(content_type: Option<&str>) -> Result<(), Refusal> {
     let Some(content_type) = content_type else {
         return Ok(());
     };
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     let is_json = essence == "application/json"
-        || essence.strip_prefix("application/").is_some_and(|sub| sub.ends_with("+json"));
-    if is_json { Ok(()) } else { Err(Refusal::UnsupportedMediaType(content_type.to_owned())) }
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(Refusal::UnsupportedMediaType(content_type.to_owned()))
+    }
 }
 
 impl Receiver {
@@ -104,7 +114,12 @@ impl Receiver {
         if let Some(refusal) = self.strict_refusal(&notification) {
             return self.refuse(&arrival, refusal, body, notification.notify_type.as_deref());
         }
-        let Notification { notify_type, device_id, problems, hash } = notification;
+        let Notification {
+            notify_type,
+            device_id,
+            problems,
+            hash,
+        } = notification;
         let event = NewEvent {
             received_at: arrival.received_at,
             path: arrival.path,
@@ -145,8 +160,14 @@ impl Receiver {
         if self.validation != Validation::Strict {
             return None;
         }
-        let problem = notification.problems.iter().find(|p| p.severity == Severity::Invalid)?;
-        Some(Refusal::Invalid { field: problem.field.clone(), error: problem.error.clone() })
+        let problem = notification
+            .problems
+            .iter()
+            .find(|p| p.severity == Severity::Invalid)?;
+        Some(Refusal::Invalid {
+            field: problem.field.clone(),
+            error: problem.error.clone(),
+        })
     }
 
     fn refuse(
@@ -192,7 +213,13 @@ mod tests {
         ] {
             assert!(check_content_type(accepted).is_ok(), "{accepted:?}");
         }
-        for refused in ["text/plain", "application/xml", "application/jsonx", "json", ""] {
+        for refused in [
+            "text/plain",
+            "application/xml",
+            "application/jsonx",
+            "json",
+            "",
+        ] {
             assert!(check_content_type(Some(refused)).is_err(), "{refused:?}");
         }
     }

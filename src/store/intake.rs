@@ -39,8 +39,8 @@ pub struct IntakeMetrics {
     pub queue_depth: Gauge,
 }
 
-impl IntakeMetrics {
-    pub fn new() -> IntakeMetrics {
+impl Default for IntakeMetrics {
+    fn default() -> IntakeMetrics {
         IntakeMetrics {
             commit_seconds: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
@@ -120,7 +120,10 @@ impl Intake {
         job: impl FnOnce(oneshot::Sender<T>) -> Job,
     ) -> Result<T, IntakeError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(job(reply)).await.map_err(|_| IntakeError::Stopped)?;
+        self.jobs
+            .send(job(reply))
+            .await
+            .map_err(|_| IntakeError::Stopped)?;
         answer.await.map_err(|_| IntakeError::Stopped)
     }
 }
@@ -178,7 +181,9 @@ impl Batch {
         }
         let started = Instant::now();
         let result = store.append(&self.events, &self.rejected);
-        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         metrics.batch_events.observe(self.events.len() as f64);
         match result {
             Ok(outcomes) => {

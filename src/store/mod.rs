@@ -19,13 +19,21 @@ pub use sqlite::SqliteStore;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the store's folder {path}: {source}")]
-    CreateDir { path: String, source: std::io::Error },
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("no store at {path}; start `notirouter serve` once, or fix store.path")]
     Missing { path: String },
-    #[error("the store was written by a newer notirouter (schema {found}, this one knows {known}); upgrade notirouter")]
+    #[error(
+        "the store was written by a newer notirouter (schema {found}, this one knows {known}); upgrade notirouter"
+    )]
     NewerSchema { found: i64, known: i64 },
     #[error("store {context}: {source}")]
-    Database { context: &'static str, source: rusqlite::Error },
+    Database {
+        context: &'static str,
+        source: rusqlite::Error,
+    },
     #[error("stored data is damaged ({0}); restore the store from a backup")]
     Damaged(String),
 }

@@ -55,7 +55,9 @@ impl SqliteStore {
     /// not quietly create an empty store.
     pub fn open_existing(config: &StoreConfig) -> Result<SqliteStore, StoreError> {
         if !config.path.exists() {
-            return Err(StoreError::Missing { path: config.path.display().to_string() });
+            return Err(StoreError::Missing {
+                path: config.path.display().to_string(),
+            });
         }
         let flags = OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE;
         SqliteStore::open_with(config, flags)
@@ -65,7 +67,10 @@ impl SqliteStore {
         let mut connection = open_connection(&config.path, flags)?;
         schema::migrate(&mut connection)?;
         Ok(SqliteStore {
-            inner: Mutex::new(Inner { connection, ids: Generator::new() }),
+            inner: Mutex::new(Inner {
+                connection,
+                ids: Generator::new(),
+            }),
             dedup_window: config.dedup_window,
             rejected_max_count: config.rejected_max_count,
         })
@@ -74,18 +79,24 @@ impl SqliteStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves SQLite consistent (an open transaction rolls
         // back when dropped), so a poisoned lock is safe to reuse.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let connection = Connection::open_with_flags(path, flags).map_err(database("opening"))?;
-    connection.busy_timeout(BUSY_TIMEOUT).map_err(database("setting the busy timeout"))?;
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(database("setting the busy timeout"))?;
     let mode: String = connection
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(database("enabling the WAL journal"))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Damaged(format!("journal mode is {mode}, WAL is required")));
+        return Err(StoreError::Damaged(format!(
+            "journal mode is {mode}, WAL is required"
+        )));
     }
     connection
         .pragma_update(None, "synchronous", "FULL")
@@ -114,7 +125,10 @@ impl Store for SqliteStore {
             let outcome = match first {
                 Some(id) => Appended::Duplicate(id),
                 None => {
-                    let id = EventId(ids.generate().unwrap_or_else(|overflow| overflow.commit_overflow_increment()));
+                    let id = EventId(
+                        ids.generate()
+                            .unwrap_or_else(|overflow| overflow.commit_overflow_increment()),
+                    );
                     insert_event(&transaction, id, event)?;
                     in_batch.insert(event.hash, id);
                     Appended::Accepted(id)
@@ -135,7 +149,9 @@ impl Store for SqliteStore {
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(database("taking the write lock"))?;
-        transaction.rollback().map_err(database("releasing the write lock"))
+        transaction
+            .rollback()
+            .map_err(database("releasing the write lock"))
     }
 
     fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError> {
@@ -156,7 +172,8 @@ impl Store for SqliteStore {
             let rows = statement
                 .query_map(params![before.0, limit as i64], |row| row.get(0))
                 .map_err(database("finding prunable events"))?;
-            rows.collect::<Result<_, _>>().map_err(database("finding prunable events"))?
+            rows.collect::<Result<_, _>>()
+                .map_err(database("finding prunable events"))?
         };
         for id in &ids {
             transaction
@@ -173,8 +190,13 @@ impl Store for SqliteStore {
                 params![before.0, limit as i64],
             )
             .map_err(database("pruning rejected bodies"))?;
-        transaction.commit().map_err(database("committing a prune"))?;
-        Ok(Pruned { events: ids.len(), rejected })
+        transaction
+            .commit()
+            .map_err(database("committing a prune"))?;
+        Ok(Pruned {
+            events: ids.len(),
+            rejected,
+        })
     }
 
     fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
@@ -194,7 +216,9 @@ impl Store for SqliteStore {
                 summary_columns,
             )
             .map_err(database("listing events"))?;
-        let rows: Vec<_> = rows.collect::<Result<_, _>>().map_err(database("listing events"))?;
+        let rows: Vec<_> = rows
+            .collect::<Result<_, _>>()
+            .map_err(database("listing events"))?;
         rows.into_iter().map(SummaryRow::into_summary).collect()
     }
 
@@ -222,7 +246,12 @@ impl Store for SqliteStore {
         };
         let body = String::from_utf8(body)
             .map_err(|_| StoreError::Damaged(format!("event {id} has a body that is not UTF-8")))?;
-        Ok(Some(EventDetail { summary: summary.into_summary()?, path, remote_addr, body }))
+        Ok(Some(EventDetail {
+            summary: summary.into_summary()?,
+            path,
+            remote_addr,
+            body,
+        }))
     }
 }
 
@@ -245,7 +274,8 @@ impl SqliteStore {
             .query_row(params![&event.hash[..], window_start.0], |row| row.get(0))
             .optional()
             .map_err(database("looking for duplicates"))?;
-        id.map(|id| id.parse().map_err(StoreError::Damaged)).transpose()
+        id.map(|id| id.parse().map_err(StoreError::Damaged))
+            .transpose()
     }
 
     /// Inserts rejected bodies and drops the oldest beyond `rejected_max_count`.

@@ -67,12 +67,18 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         return Err(StoreError::NewerSchema { found, known });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let transaction = connection.transaction().map_err(database("starting a migration"))?;
-        transaction.execute_batch(sql).map_err(database("migrating the schema"))?;
+        let transaction = connection
+            .transaction()
+            .map_err(database("starting a migration"))?;
+        transaction
+            .execute_batch(sql)
+            .map_err(database("migrating the schema"))?;
         transaction
             .pragma_update(None, "user_version", index as i64 + 1)
             .map_err(database("recording the schema version"))?;
-        transaction.commit().map_err(database("committing a migration"))?;
+        transaction
+            .commit()
+            .map_err(database("committing a migration"))?;
     }
     Ok(())
 }
@@ -86,10 +92,14 @@ mod tests {
         let mut connection = Connection::open_in_memory().unwrap();
         migrate(&mut connection).unwrap();
         migrate(&mut connection).unwrap();
-        let version: i64 =
-            connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
         connection.pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(migrate(&mut connection), Err(StoreError::NewerSchema { found: 99, .. })));
+        assert!(matches!(
+            migrate(&mut connection),
+            Err(StoreError::NewerSchema { found: 99, .. })
+        ));
     }
 }
