@@ -249,7 +249,7 @@ impl Config {
         if !overrides.is_empty() {
             raw = apply_overrides(text, path, &overrides)?;
         }
-        Config::from_raw(raw)
+        Config::from_raw(raw).map_err(|error| blame_override(error, &overrides))
     }
 
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -423,6 +423,27 @@ fn apply_overrides(
     Ok(raw.expect("apply_overrides is only called with at least one override"))
 }
 
+/// Names the variable behind an invalid value when the value came from the environment: the
+/// file is then correct, and the operator must be told where else to look.
+fn blame_override(error: ConfigError, overrides: &BTreeMap<String, String>) -> ConfigError {
+    let ConfigError::Invalid { key, message } = error else {
+        return error;
+    };
+    let from_env = overrides.keys().find(|var| {
+        let dotted = var[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
+        key == dotted
+            || key.starts_with(&format!("{dotted}."))
+            || key.starts_with(&format!("{dotted}["))
+    });
+    match from_env {
+        Some(var) => ConfigError::Env {
+            var: var.clone(),
+            message: format!("{key}: {message}"),
+        },
+        None => ConfigError::Invalid { key, message },
+    }
+}
+
 /// An override is read as a TOML value, and as a string when it does not parse as one.
 fn override_value(text: &str) -> toml::Value {
     format!("value = {text}")
@@ -588,6 +609,11 @@ mod tests {
                 .to_string()
                 .contains("`server.listen` is a value, not a section"),
             "{error}"
+        );
+        let error = parse_env("", &[("NOTIROUTER__SERVER__PATHS", "[\"x\"]")]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "environment variable NOTIROUTER__SERVER__PATHS: server.paths[0]: must start with '/'"
         );
         let error = parse_env("", &[("NOTIROUTER__", "1")]).unwrap_err();
         assert!(

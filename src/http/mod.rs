@@ -46,7 +46,8 @@ pub async fn run(
             .app_data(probes.clone());
         for path in &paths {
             for route in [path.clone(), format!("{}/cmd", path.trim_end_matches('/'))] {
-                app = app.route(&route, web::post().to(receive::receive));
+                // A resource answers 405 to other methods, where a bare route would say 404.
+                app = app.service(web::resource(route).post(receive::receive));
             }
         }
         app.configure(probes::routes)
