@@ -1,16 +1,19 @@
 //! notirouter: the callback endpoint for a Huawei IoT platform's notifications.
 //!
-//! The flow is a transactional outbox, one module per stage:
-//! [`http`] receives and validates, [`store`] keeps every notification durably (group commit)
-//! before the 200 goes out. [`config`] and [`notification`] hold the rules both stages share;
-//! [`cli`] is the command line.
+//! The flow is a transactional outbox, one module per stage: [`http`] receives and validates;
+//! [`store`] keeps every notification durably (group commit) before the 200 goes out;
+//! [`script`] runs the operators' rhai plugins on stored events and commits their actions with
+//! the event's outcome. [`config`], [`notification`], [`model`] and [`action`] hold what the
+//! stages share; [`cli`] is the command line.
 
+pub mod action;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod notification;
+pub mod script;
 pub mod store;
 
 use std::future::Future;
@@ -20,7 +23,18 @@ use std::time::Duration;
 
 use config::Config;
 use metrics::Metrics;
-use store::{Intake, SqliteStore, Store, StoreError};
+use script::reload::Reloader;
+use script::worker::Workers;
+use script::{Limits, PluginSet, Scripts, Settings};
+use store::{Intake, SqliteStore, Store, StoreError, Wakeup};
+
+fn list_errors(errors: &[script::ScriptError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// Notifications that may wait for the store writer at once; beyond it requests wait to enqueue
 /// (bounded by `accept_timeout`), which keeps memory bounded when the disk stalls.
@@ -32,8 +46,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot start the store writer: {0}")]
-    Writer(std::io::Error),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+    #[error("scripts do not compile; run `notirouter check` to see every error:\n{}", list_errors(.0))]
+    Scripts(Vec<script::ScriptError>),
+    #[error(
+        "cannot watch scripts.dir {0} for changes ({1}); fix the folder or set scripts.hot_reload = false"
+    )]
+    Watch(String, notify_debouncer_mini::notify::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
@@ -49,6 +69,9 @@ pub async fn serve(
 }
 
 /// As [`serve`], on a store of the caller's choosing (another backend, or a test double).
+///
+/// Stages start downstream first and stop upstream first: the writer outlives the script
+/// workers, which outlive the receiver, so that nothing accepted is left half-done.
 pub async fn serve_with_store(
     config: Config,
     store: Arc<dyn Store>,
@@ -56,8 +79,28 @@ pub async fn serve_with_store(
     shutdown: impl Future<Output = ()> + 'static,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let (intake, writer) = Intake::start(store, metrics.intake.clone(), INTAKE_CAPACITY)
-        .map_err(ServeError::Writer)?;
+    let scripts = load_scripts(&config, &metrics)?;
+    let wakeup = Arc::new(Wakeup::default());
+    let (intake, writer) = Intake::start(
+        Arc::clone(&store),
+        metrics.intake.clone(),
+        INTAKE_CAPACITY,
+        Arc::clone(&wakeup),
+    )
+    .map_err(ServeError::Thread)?;
+    let workers = Workers::start(
+        config.scripts.workers,
+        store,
+        intake.clone(),
+        scripts.clone(),
+        Arc::clone(&metrics),
+        wakeup,
+    )
+    .map_err(ServeError::Thread)?;
+    let reloader = match config.scripts.hot_reload {
+        true => Some(watch_scripts(&config, scripts, &metrics)?),
+        false => None,
+    };
     let pruner = actix_web::rt::spawn(prune_periodically(intake.clone(), config.store.retention));
     if let Ok(address) = listener.local_addr() {
         tracing::info!(addr = %address, "listening");
@@ -65,9 +108,48 @@ pub async fn serve_with_store(
     let served = http::run(&config, listener, intake, metrics, shutdown).await;
     pruner.abort();
     let _ = pruner.await;
+    if let Some(reloader) = reloader {
+        reloader.stop();
+    }
+    workers.stop();
     // Every intake handle is gone now, so the writer drains what is queued and stops.
     writer.finish();
     served.map_err(ServeError::Http)
+}
+
+/// Loads the plugins; a plugin that does not compile stops the start, since running without
+/// it would drop its alerts silently (`notirouter check` shows the errors).
+fn load_scripts(config: &Config, metrics: &Metrics) -> Result<Scripts, ServeError> {
+    let settings = Arc::new(Settings::from_config(config));
+    let (set, errors) = PluginSet::load(
+        &config.scripts.dir,
+        &Limits::from_config(config),
+        settings,
+        None,
+    );
+    if !errors.is_empty() {
+        return Err(ServeError::Scripts(errors));
+    }
+    metrics.script_reload(true, set.len());
+    tracing::info!(plugins = set.len(), dir = %config.scripts.dir.display(), "scripts loaded");
+    Ok(Scripts::new(set))
+}
+
+fn watch_scripts(
+    config: &Config,
+    scripts: Scripts,
+    metrics: &Arc<Metrics>,
+) -> Result<Reloader, ServeError> {
+    let settings = Arc::new(Settings::from_config(config));
+    let limits = Limits::from_config(config);
+    Reloader::watch(
+        &config.scripts.dir,
+        limits,
+        settings,
+        scripts,
+        Arc::clone(metrics),
+    )
+    .map_err(|error| ServeError::Watch(config.scripts.dir.display().to_string(), error))
 }
 
 async fn prune_periodically(intake: Intake, retention: Duration) {

@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -88,6 +89,22 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Plugins are the operator's files in `scripts.dir`: a bounded set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+fn ok_or_error(ok: bool) -> &'static str {
+    if ok { "ok" } else { "error" }
+}
+
 pub struct Metrics {
     registry: Registry,
     received: Family<ReceivedLabels, Counter>,
@@ -96,6 +113,11 @@ pub struct Metrics {
     rejected_not_kept: Counter,
     receive_seconds: Histogram,
     pub intake: IntakeMetrics,
+    script_runs: Family<PluginLabels, Counter>,
+    script_seconds: Histogram,
+    events_processed: Counter,
+    script_reloads: Family<OutcomeLabels, Counter>,
+    script_plugins: Gauge,
 }
 
 impl Metrics {
@@ -147,6 +169,32 @@ impl Metrics {
             "Jobs waiting for the store writer after it took a batch",
             intake.queue_depth.clone(),
         );
+        let script_runs = Family::<PluginLabels, Counter>::default();
+        let script_seconds = Histogram::new(exponential_buckets(0.000_001, 2.0, 20));
+        let events_processed = Counter::default();
+        let script_reloads = Family::<OutcomeLabels, Counter>::default();
+        let script_plugins = Gauge::default();
+        registry.register(
+            "script_runs",
+            "Plugin runs, by plugin and outcome (ok, error)",
+            script_runs.clone(),
+        );
+        registry.register(
+            "script_run_duration_seconds",
+            "Duration of one plugin run on one event",
+            script_seconds.clone(),
+        );
+        registry.register(
+            "events_processed",
+            "Events whose script outcome was committed",
+            events_processed.clone(),
+        );
+        registry.register(
+            "script_reloads",
+            "Reloads of scripts.dir, by outcome (error: a file kept its previous version)",
+            script_reloads.clone(),
+        );
+        registry.register("script_plugins", "Plugins loaded", script_plugins.clone());
         Metrics {
             registry,
             received,
@@ -155,7 +203,34 @@ impl Metrics {
             rejected_not_kept,
             receive_seconds,
             intake,
+            script_runs,
+            script_seconds,
+            events_processed,
+            script_reloads,
+            script_plugins,
         }
+    }
+
+    pub fn script_run(&self, plugin: &str, ok: bool, duration: std::time::Duration) {
+        let labels = PluginLabels {
+            plugin: plugin.to_owned(),
+            outcome: ok_or_error(ok),
+        };
+        self.script_runs.get_or_create(&labels).inc();
+        self.script_seconds.observe(duration.as_secs_f64());
+    }
+
+    pub fn events_processed(&self, count: usize) {
+        self.events_processed.inc_by(count as u64);
+    }
+
+    pub fn script_reload(&self, ok: bool, plugins: usize) {
+        self.script_reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: ok_or_error(ok),
+            })
+            .inc();
+        self.script_plugins.set(plugins as i64);
     }
 
     pub fn received(&self, notify_type: Option<&str>, outcome: Outcome) {

@@ -456,7 +456,7 @@ mod tests {
             parse(b"{\"a\":\"\xff\"}").unwrap_err(),
             BodyError::NotJson(_)
         ));
-        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(matches!(
             parse(deep.as_bytes()).unwrap_err(),
             BodyError::NotJson(_)

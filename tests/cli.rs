@@ -12,7 +12,8 @@ use common::{
 };
 use serde_json::{Value, json};
 
-/// A config that sets every key this version knows.
+/// A config that sets every key this version knows; `SCRIPTS` stands for the shipped scripts
+/// folder (see [`full_config`]).
 const FULL_CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:8080"
@@ -30,7 +31,41 @@ dedup_window = "1h"
 retention = "30d"
 rejected_max_count = 10000
 rejected_max_bytes = 65536
+
+[scripts]
+dir = "SCRIPTS"
+hot_reload = false
+workers = 2
+max_operations = 100000
+max_run_time = "50ms"
+
+[vars]
+ops_email = "ops@example.com"
+chat_channel = "ops"
+
+[channels.ops]
+kind = "log"
+
+[channels.hook]
+kind = "webhook"
+url = "https://hooks.example.com/notirouter"
+secret = "whsec_c2VjcmV0"
+headers = { "X-Team" = "fleet" }
+
+[platform]
+enabled = false
+max_upgrade_retries = 3
+retry_budget_window = "7d"
+
+[platform.packages]
+"1.5" = "a1b2c3"
 "#;
+
+/// [`FULL_CONFIG`] with the shipped scripts, found wherever the command runs.
+fn full_config() -> String {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    FULL_CONFIG.replace("SCRIPTS", &scripts.display().to_string())
+}
 
 /// Runs `check` on a config of `text` and returns its output.
 fn check(text: &str) -> (String, std::process::Output) {
@@ -41,7 +76,7 @@ fn check(text: &str) -> (String, std::process::Output) {
 
 #[test]
 fn check_accepts_a_valid_config_and_the_shipped_default() {
-    let (_, output) = check(FULL_CONFIG);
+    let (_, output) = check(&full_config());
     assert_exit(&output, 0);
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/notirouter.toml");
     assert_exit(&run_cli(&shipped, &["check"]), 0);
@@ -49,7 +84,7 @@ fn check_accepts_a_valid_config_and_the_shipped_default() {
 
 #[test]
 fn config_may_come_after_the_subcommand() {
-    let (_dir, path) = config_file(FULL_CONFIG);
+    let (_dir, path) = config_file(&full_config());
     let output = notirouter()
         .arg("check")
         .arg("--config")
@@ -113,11 +148,11 @@ fn check_cannot_run_on_a_missing_file() {
 #[test]
 fn check_refuses_sections_of_features_not_built_yet() {
     for (text, key) in [
-        ("[platform]\nenabled = false\n", "platform"),
+        ("[platform]\napp_id = \"app\"\n", "platform.app_id"),
         ("[server.tls]\ncert = \"cert.pem\"\n", "server.tls"),
         ("[server.auth]\ntoken = \"t\"\n", "server.auth"),
-        ("[scripts]\ndir = \"scripts\"\n", "scripts"),
-        ("[channels.ops]\nkind = \"log\"\n", "channels"),
+        ("[email]\ntransport = \"file\"\n", "email"),
+        ("[delivery]\nmax_attempts = 3\n", "delivery"),
     ] {
         let (_, output) = check(text);
         assert_exit(&output, 1);
@@ -132,7 +167,7 @@ fn check_refuses_sections_of_features_not_built_yet() {
 
 #[test]
 fn check_names_an_environment_variable_with_an_invalid_value() {
-    let (_dir, path) = config_file(FULL_CONFIG);
+    let (_dir, path) = config_file(&full_config());
     let output = run_cli_with_env(&path, &["check"], &[("NOTIROUTER__SERVER__LISTEN", "nope")]);
     assert_exit(&output, 1);
     // The file is valid: the operator must be told that the variable is what is wrong.
@@ -142,7 +177,7 @@ fn check_names_an_environment_variable_with_an_invalid_value() {
 
 #[test]
 fn check_names_an_unknown_environment_variable() {
-    let (_dir, path) = config_file(FULL_CONFIG);
+    let (_dir, path) = config_file(&full_config());
     let output = run_cli_with_env(&path, &["check"], &[("NOTIROUTER__SERVER__LISEN", "1")]);
     assert_exit(&output, 1);
     let message = all_output(&output);
@@ -161,7 +196,7 @@ fn notirouter_config_variable_picks_the_config_file() {
             .output()
             .expect("the notirouter binary runs")
     };
-    let (_valid_dir, valid) = config_file(FULL_CONFIG);
+    let (_valid_dir, valid) = config_file(&full_config());
     let output = check_with(&valid);
     assert_exit(&output, 0);
     assert!(stdout(&output).contains(&valid.display().to_string()));
@@ -187,10 +222,18 @@ fn environment_overrides_apply_to_serve() {
     assert_eq!(server.post_json("/from-file", &body).status, 404);
 }
 
-/// A running server holding three events, and their ids oldest first:
-/// software FAIL of dev-a, firmware result of dev-b, software state of dev-a.
+/// A plugin that fails on firmware results, so that events end both `handled` and `failed`.
+const FAIL_ON_FIRMWARE: (&str, &str) = (
+    "fail-on-firmware.rhai",
+    r#"fn on_notification(n) {
+    if n.notifyType == "fwUpgradeResultNotify" { throw "firmware is not handled here"; }
+}"#,
+);
+
+/// A running server holding three processed events, and their ids oldest first: software
+/// FAIL of dev-a, firmware result of dev-b (failed by its plugin), software state of dev-a.
 fn server_with_three_events() -> (TestServer, [String; 3]) {
-    let server = TestServer::start("");
+    let server = TestServer::start_with_plugins("", &[FAIL_ON_FIRMWARE]);
     let ids = [
         fixtures::sw_fail("dev-a"),
         fixtures::fw_result("dev-b"),
@@ -201,6 +244,7 @@ fn server_with_three_events() -> (TestServer, [String; 3]) {
             .post_json(RECEIVER, &body.to_string())
             .accepted_clean()
     });
+    server.wait_until_processed();
     (server, ids)
 }
 
@@ -216,7 +260,7 @@ fn ids_of(events: &[Value]) -> Vec<&str> {
 #[test]
 fn events_list_filters_and_lists_newest_first() {
     let (server, [sw_fail, fw_result, sw_state]) = server_with_three_events();
-    let cases: [(&[&str], Vec<&str>); 7] = [
+    let cases: [(&[&str], Vec<&str>); 8] = [
         (&[], vec![&sw_state, &fw_result, &sw_fail]),
         (&["--type", "swUpgradeResultNotify"], vec![&sw_fail]),
         (&["--device", "dev-a"], vec![&sw_state, &sw_fail]),
@@ -225,11 +269,9 @@ fn events_list_filters_and_lists_newest_first() {
             vec![&sw_state],
         ),
         (&["--limit", "2"], vec![&sw_state, &fw_result]),
-        (
-            &["--status", "pending"],
-            vec![&sw_state, &fw_result, &sw_fail],
-        ),
-        (&["--status", "handled"], vec![]),
+        (&["--status", "pending"], vec![]),
+        (&["--status", "handled"], vec![&sw_state, &sw_fail]),
+        (&["--status", "failed"], vec![&fw_result]),
     ];
     for (filters, expected) in cases {
         let mut args = vec!["events", "list", "--json"];
@@ -245,6 +287,7 @@ fn events_list_json_has_exactly_the_documented_keys() {
     let server = TestServer::start("");
     let body = fixtures::without(fixtures::sw_fail("dev-json"), "errorCode");
     let (id, warnings) = server.post_json(RECEIVER, &body.to_string()).accepted();
+    server.wait_until_processed();
     let events = server.events(&[]);
     assert_eq!(events.len(), 1);
     let event = &events[0];
@@ -264,7 +307,7 @@ fn events_list_json_has_exactly_the_documented_keys() {
     assert_eq!(event["id"], id);
     assert_eq!(event["notify_type"], "swUpgradeResultNotify");
     assert_eq!(event["device_id"], "dev-json");
-    assert_eq!(event["status"], "pending");
+    assert_eq!(event["status"], "handled");
     assert_eq!(event["warnings"], warnings);
     assert_eq!(event["actions"], 0);
     assert_eq!(event["error"], Value::Null);
@@ -303,6 +346,7 @@ fn events_show_prints_one_event_as_json_and_as_text() {
     let server = TestServer::start("");
     let body = fixtures::without(fixtures::sw_fail("dev-show"), "errorCode");
     let (id, warnings) = server.post_json(RECEIVER, &body.to_string()).accepted();
+    server.wait_until_processed();
 
     let output = server.cli(&["events", "show", &id, "--json"]);
     assert_exit(&output, 0);
@@ -311,7 +355,7 @@ fn events_show_prints_one_event_as_json_and_as_text() {
         ("id", json!(id)),
         ("notify_type", json!("swUpgradeResultNotify")),
         ("device_id", json!("dev-show")),
-        ("status", json!("pending")),
+        ("status", json!("handled")),
         ("warnings", warnings),
         ("path", json!(RECEIVER)),
         ("remote_addr", json!("127.0.0.1")),
@@ -327,7 +371,7 @@ fn events_show_prints_one_event_as_json_and_as_text() {
         id.as_str(),
         "swUpgradeResultNotify",
         "dev-show",
-        "pending",
+        "handled",
         RECEIVER,
         "errorCode: missing",
     ] {

@@ -11,10 +11,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use notirouter::config::Config;
+use notirouter::model::state::{StateChanges, StateError, StateView};
 use notirouter::model::{EventId, Millis};
 use notirouter::store::{
-    Appended, EventDetail, EventFilter, EventSummary, NewEvent, Pruned, RejectedBody, SqliteStore,
-    Store, StoreError,
+    Appended, EventDetail, EventFilter, EventOutcome, EventSummary, NewEvent, Pruned, RejectedBody,
+    SqliteStore, Store, StoreError, StoredEvent,
 };
 use tokio::sync::oneshot;
 
@@ -79,6 +80,38 @@ impl Store for FaultyStore {
 
     fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
         self.inner.event(id)
+    }
+
+    fn stored_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        self.inner.stored_event(id)
+    }
+
+    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.pending_events(after, limit)
+    }
+
+    fn record_outcomes(
+        &self,
+        outcomes: &[EventOutcome],
+        changes: &StateChanges,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.fail_if_full()?;
+        self.inner.record_outcomes(outcomes, changes, now)
+    }
+}
+
+impl StateView for FaultyStore {
+    fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
+        self.inner.seen_at(key)
+    }
+
+    fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
+        self.inner.counter(key)
+    }
+
+    fn budget(&self, device: &str, version: &str) -> Result<Option<(i64, Millis)>, StateError> {
+        self.inner.budget(device, version)
     }
 }
 

@@ -1,13 +1,21 @@
-//! `events list` and `events show`: read the store directly, so they work while a server runs.
+//! `events list`, `show` and `replay`: they open the store directly, so they work while a
+//! server runs.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
 
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::load_plugins;
 use crate::config::Config;
-use crate::model::{EventId, EventStatus};
-use crate::store::{EventFilter, EventSummary, SqliteStore, Store};
+use crate::model::state::{StateChanges, StateView};
+use crate::model::{EventId, EventStatus, Millis};
+use crate::script::EventInput;
+use crate::store::{EventDetail, EventFilter, EventSummary, SqliteStore, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
@@ -29,17 +37,25 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One event's whole story.
+    /// One event's whole story: body, warnings, each plugin's outcome, each action.
     Show {
         id: EventId,
         /// JSON instead of readable text.
         #[arg(long)]
         json: bool,
     },
+    /// Run the current scripts on a stored event again and queue their actions (with fresh
+    /// idempotency keys, linked to the event by `replayed_from`).
+    Replay {
+        id: EventId,
+        /// Only print the actions; queue nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub fn run(config: &Config, command: EventsCommand) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open_existing(&config.store)?;
+    let store = Arc::new(SqliteStore::open_existing(&config.store)?);
     match command {
         EventsCommand::List {
             status,
@@ -65,22 +81,77 @@ pub fn run(config: &Config, command: EventsCommand) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         EventsCommand::Show { id, json } => {
-            let event = store
-                .event(id)?
-                .with_context(|| format!("no event {id} in {}", config.store.path.display()))?;
+            let event = store.event(id)?.with_context(|| no_event(id, config))?;
             if json {
-                let mut value = serde_json::to_value(&event)?;
-                // The body is JSON: show it as such rather than as an escaped string.
-                if let Ok(body) = serde_json::from_str::<serde_json::Value>(&event.body) {
-                    value["body"] = body;
-                }
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                println!("{}", serde_json::to_string_pretty(&detail_json(&event))?);
             } else {
                 print_detail(&event);
             }
             Ok(ExitCode::SUCCESS)
         }
+        EventsCommand::Replay { id, dry_run } => replay(config, store, id, dry_run),
     }
+}
+
+fn no_event(id: EventId, config: &Config) -> String {
+    format!("no event {id} in {}", config.store.path.display())
+}
+
+/// `events show --json`: the summary's keys, where it came from, the body as JSON, and the
+/// plugin runs and actions in full.
+fn detail_json(event: &EventDetail) -> Value {
+    let mut value = serde_json::to_value(&event.summary).expect("a summary serialises");
+    let body =
+        serde_json::from_str(&event.body).unwrap_or_else(|_| Value::from(event.body.clone()));
+    let extra = json!({
+        "path": event.path,
+        "remote_addr": event.remote_addr,
+        "body": body,
+        "plugins": event.plugin_runs,
+        "actions": event.actions,
+    });
+    for (key, item) in extra.as_object().expect("json! of an object is an object") {
+        value[key] = item.clone();
+    }
+    value
+}
+
+fn replay(
+    config: &Config,
+    store: Arc<SqliteStore>,
+    id: EventId,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let event = store
+        .stored_event(id)?
+        .with_context(|| no_event(id, config))?;
+    let Some(set) = load_plugins(config) else {
+        return Ok(ExitCode::from(1));
+    };
+    let input = EventInput::from_stored(&event).map_err(anyhow::Error::msg)?;
+    let committed: Arc<dyn StateView + Send + Sync> = store.clone();
+    let mut changes = StateChanges::default();
+    let now = Millis::now();
+    let run = set.run(&input, &committed, &mut changes, now)?;
+    for action in &run.actions {
+        let mut line = action.to_json();
+        line["event"] = Value::from(id.to_string());
+        println!("{line}");
+    }
+    let failed = run.failed();
+    for error in run.plugins.iter().filter_map(|p| p.error.as_ref()) {
+        eprintln!("{error}");
+    }
+    if !dry_run {
+        let queued = run.actions.len();
+        store.record_outcomes(&[run.into_outcome(id, Some(id))], &changes, now)?;
+        eprintln!("queued {queued} action(s) for event {id}");
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_table(events: &[EventSummary]) {
@@ -102,7 +173,7 @@ fn print_table(events: &[EventSummary]) {
     }
 }
 
-fn print_detail(event: &crate::store::EventDetail) {
+fn print_detail(event: &EventDetail) {
     let summary = &event.summary;
     println!("id:          {}", summary.id);
     println!("received:    {}", summary.received_at);
@@ -124,12 +195,29 @@ fn print_detail(event: &crate::store::EventDetail) {
         println!("error:       {error}");
     }
     for warning in summary.warnings.as_array().into_iter().flatten() {
+        let text = |key: &str| warning[key].as_str().unwrap_or("?").to_owned();
+        println!("warning:     {}: {}", text("field"), text("error"));
+    }
+    for run in &event.plugin_runs {
+        match &run.error {
+            Some(error) => println!("plugin:      {} failed: {error}", run.plugin),
+            None => println!("plugin:      {} ok, {} action(s)", run.plugin, run.actions),
+        }
+    }
+    for action in &event.actions {
         println!(
-            "warning:     {}: {}",
-            warning["field"].as_str().unwrap_or("?"),
-            warning["error"].as_str().unwrap_or("?")
+            "action:      {} {} {} to {} ({} attempt(s)){}",
+            action.id,
+            action.status,
+            action.kind,
+            action.destination,
+            action.attempts,
+            action
+                .last_error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
         );
     }
-    println!("actions:     {}", summary.actions);
     println!("body:        {}", event.body);
 }

@@ -1,18 +1,21 @@
-//! The command line: `serve`, `check` and `events`. Commands return an exit code (0 success,
-//! 1 the thing checked failed) or an error, which `main` prints and turns into exit code 2
-//! (the command could not run).
+//! The command line. Commands return an exit code (0 success, 1 the thing checked or run
+//! failed) or an error, which `main` prints and turns into exit code 2 (the command could not
+//! run).
 
 mod events;
 mod serve;
+mod test;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, LogFormat};
+use crate::script::{Limits, PluginSet, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,10 +38,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the receiver.
+    /// Run the receiver and the script workers.
     Serve,
-    /// Validate the configuration.
+    /// Validate the configuration and compile every script.
     Check,
+    /// Dry run: show the actions the scripts would take; sends and writes nothing.
+    Test {
+        /// Run every *.json case file in this folder instead of event files.
+        #[arg(long, value_name = "DIR", conflicts_with = "events")]
+        cases: Option<PathBuf>,
+        /// Notification bodies (JSON files), run in order with shared state.
+        #[arg(required_unless_present = "cases")]
+        events: Vec<PathBuf>,
+    },
     /// Inspect stored events.
     Events {
         #[command(subcommand)]
@@ -56,6 +68,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::run(config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Test { cases, events } => {
+            let config = load(&cli.config)?;
+            init_logging(config.log.format);
+            match cases {
+                Some(dir) => test::cases(&config, &dir),
+                None => test::events(&config, &events),
+            }
+        }
         Command::Events { command } => {
             let config = load(&cli.config)?;
             events::run(&config, command)
@@ -63,26 +83,41 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+fn load(path: &Path) -> anyhow::Result<Config> {
     Config::load(path, std::env::vars()).with_context(|| "invalid configuration")
 }
 
-/// `check`: exit 1 for an invalid config, 2 when it cannot be read.
-fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path, std::env::vars()) {
-        Ok(_) => {
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
-        }
+/// `check`: exit 1 for an invalid config or script, 2 when the config cannot be read.
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::load(path, std::env::vars()) {
+        Ok(config) => config,
         Err(error @ ConfigError::Unreadable { .. }) => {
             eprintln!("notirouter: {error}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
         Err(error) => {
             println!("{error}");
-            ExitCode::from(1)
+            return ExitCode::from(1);
         }
+    };
+    match load_plugins(&config) {
+        Some(set) => {
+            println!("{}: ok; {} plugin(s) compiled", path.display(), set.len());
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(1),
     }
+}
+
+/// Compiles the plugins, printing `file:line:col: message` for each error; `None` if any.
+fn load_plugins(config: &Config) -> Option<Arc<PluginSet>> {
+    let settings = Arc::new(Settings::from_config(config));
+    let limits = Limits::from_config(config);
+    let (set, errors) = PluginSet::load(&config.scripts.dir, &limits, settings, None);
+    for error in &errors {
+        println!("{error}");
+    }
+    errors.is_empty().then(|| Arc::new(set))
 }
 
 /// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).

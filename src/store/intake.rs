@@ -15,8 +15,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Appended, NewEvent, Pruned, RejectedBody, Store, StoreError};
+use super::{Appended, EventOutcome, NewEvent, Pruned, RejectedBody, Store, StoreError, Wakeup};
 use crate::model::Millis;
+use crate::model::state::StateChanges;
 
 /// Most notifications stored in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -53,11 +54,21 @@ impl Default for IntakeMetrics {
     }
 }
 
+/// Where the answer to a job goes.
+type Reply<T> = oneshot::Sender<Result<T, IntakeError>>;
+
 enum Job {
-    Append(NewEvent, oneshot::Sender<Result<Appended, IntakeError>>),
+    Append(NewEvent, Reply<Appended>),
     Reject(RejectedBody),
-    Probe(oneshot::Sender<Result<(), IntakeError>>),
-    Prune(Millis, oneshot::Sender<Result<Pruned, IntakeError>>),
+    Probe(Reply<()>),
+    Prune(Millis, Reply<Pruned>),
+    Outcomes(Box<Outcomes>, Reply<usize>),
+}
+
+/// A script worker's batch: outcomes and the state changes that go with them.
+struct Outcomes {
+    outcomes: Vec<EventOutcome>,
+    changes: StateChanges,
 }
 
 /// The handle that stages use to write; cheap to clone.
@@ -72,16 +83,23 @@ pub struct IntakeWriter {
 }
 
 impl Intake {
-    /// Starts the writer thread. `capacity` bounds the notifications waiting for a batch.
+    /// Starts the writer thread. `capacity` bounds the notifications waiting for a batch;
+    /// `wakeup` is notified whenever new events are committed.
     pub fn start(
         store: Arc<dyn Store>,
         metrics: IntakeMetrics,
         capacity: usize,
+        wakeup: Arc<Wakeup>,
     ) -> std::io::Result<(Intake, IntakeWriter)> {
         let (jobs, queue) = mpsc::channel(capacity);
+        let writer = Writer {
+            store,
+            metrics,
+            wakeup,
+        };
         let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
-            .spawn(move || write_batches(&*store, queue, &metrics))?;
+            .spawn(move || writer.run(queue))?;
         Ok((Intake { jobs }, IntakeWriter { thread }))
     }
 
@@ -115,6 +133,21 @@ impl Intake {
         }
     }
 
+    /// Commits a script batch; blocks the calling (non-async) thread until it is durable.
+    /// Returns the number of outcomes recorded.
+    pub fn record_outcomes_blocking(
+        &self,
+        outcomes: Vec<EventOutcome>,
+        changes: StateChanges,
+    ) -> Result<usize, IntakeError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Outcomes(Box::new(Outcomes { outcomes, changes }), reply);
+        self.jobs
+            .blocking_send(job)
+            .map_err(|_| IntakeError::Stopped)?;
+        answer.blocking_recv().map_err(|_| IntakeError::Stopped)?
+    }
+
     async fn request<T>(
         &self,
         job: impl FnOnce(oneshot::Sender<T>) -> Job,
@@ -137,29 +170,40 @@ impl IntakeWriter {
     }
 }
 
-fn write_batches(store: &dyn Store, mut queue: mpsc::Receiver<Job>, metrics: &IntakeMetrics) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut batch = Batch::default();
-        batch.add(first);
-        while batch.events.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.add(job),
-                Err(_) => break,
+struct Writer {
+    store: Arc<dyn Store>,
+    metrics: IntakeMetrics,
+    wakeup: Arc<Wakeup>,
+}
+
+impl Writer {
+    fn run(&self, mut queue: mpsc::Receiver<Job>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut batch = Batch::default();
+            batch.add(first);
+            while batch.events.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.add(job),
+                    Err(_) => break,
+                }
             }
+            self.metrics.queue_depth.set(queue.len() as i64);
+            if batch.commit(&*self.store, &self.metrics) {
+                self.wakeup.notify();
+            }
+            batch.run_others(&*self.store);
         }
-        metrics.queue_depth.set(queue.len() as i64);
-        batch.commit(store, metrics);
-        batch.run_maintenance(store);
     }
 }
 
 #[derive(Default)]
 struct Batch {
     events: Vec<NewEvent>,
-    replies: Vec<oneshot::Sender<Result<Appended, IntakeError>>>,
+    replies: Vec<Reply<Appended>>,
     rejected: Vec<RejectedBody>,
-    probes: Vec<oneshot::Sender<Result<(), IntakeError>>>,
-    prunes: Vec<(Millis, oneshot::Sender<Result<Pruned, IntakeError>>)>,
+    probes: Vec<Reply<()>>,
+    prunes: Vec<(Millis, Reply<Pruned>)>,
+    outcomes: Vec<(Box<Outcomes>, Reply<usize>)>,
 }
 
 impl Batch {
@@ -172,12 +216,14 @@ impl Batch {
             Job::Reject(body) => self.rejected.push(body),
             Job::Probe(reply) => self.probes.push(reply),
             Job::Prune(before, reply) => self.prunes.push((before, reply)),
+            Job::Outcomes(outcomes, reply) => self.outcomes.push((outcomes, reply)),
         }
     }
 
-    fn commit(&mut self, store: &dyn Store, metrics: &IntakeMetrics) {
+    /// Stores the notifications and rejected bodies; true when new events were committed.
+    fn commit(&mut self, store: &dyn Store, metrics: &IntakeMetrics) -> bool {
         if self.events.is_empty() && self.rejected.is_empty() {
-            return;
+            return false;
         }
         let started = Instant::now();
         let result = store.append(&self.events, &self.rejected);
@@ -187,11 +233,13 @@ impl Batch {
         metrics.batch_events.observe(self.events.len() as f64);
         match result {
             Ok(outcomes) => {
+                let accepted = outcomes.iter().any(|o| matches!(o, Appended::Accepted(_)));
                 for (reply, outcome) in self.replies.drain(..).zip(outcomes) {
                     // A requester that gave up (timeout, closed connection) is gone; its
                     // notification is stored all the same and a re-push will be a duplicate.
                     let _ = reply.send(Ok(outcome));
                 }
+                accepted
             }
             Err(error) => {
                 tracing::error!(
@@ -203,17 +251,24 @@ impl Batch {
                 for reply in self.replies.drain(..) {
                     let _ = reply.send(Err(IntakeError::Store(Arc::clone(&error))));
                 }
+                false
             }
         }
     }
 
-    fn run_maintenance(self, store: &dyn Store) {
+    /// Probes, prunes and script outcomes, each in its own transaction.
+    fn run_others(self, store: &dyn Store) {
+        let failed = |e| IntakeError::Store(Arc::new(e));
+        for (batch, reply) in self.outcomes {
+            let recorded = store.record_outcomes(&batch.outcomes, &batch.changes, Millis::now());
+            let _ = reply.send(recorded.map(|()| batch.outcomes.len()).map_err(failed));
+        }
         for reply in self.probes {
-            let _ = reply.send(store.probe().map_err(|e| IntakeError::Store(Arc::new(e))));
+            let _ = reply.send(store.probe().map_err(failed));
         }
         for (before, reply) in self.prunes {
             let pruned = store.prune(before, PRUNE_CHUNK);
-            let _ = reply.send(pruned.map_err(|e| IntakeError::Store(Arc::new(e))));
+            let _ = reply.send(pruned.map_err(failed));
         }
     }
 }

@@ -7,14 +7,18 @@
 
 mod intake;
 pub mod sqlite;
+mod wakeup;
 
 use serde::Serialize;
 
+use crate::action::Action;
+use crate::model::state::{StateChanges, StateView};
 use crate::model::{EventId, EventStatus, Millis};
 use crate::notification::Problem;
 
 pub use intake::{Intake, IntakeError, IntakeMetrics, IntakeWriter};
 pub use sqlite::SqliteStore;
+pub use wakeup::Wakeup;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -99,14 +103,71 @@ pub struct EventSummary {
 }
 
 /// One event's whole story, for `events show`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct EventDetail {
-    #[serde(flatten)]
     pub summary: EventSummary,
     pub path: String,
     pub remote_addr: Option<String>,
     /// The body as received (it parsed as JSON, so it is UTF-8).
     pub body: String,
+    pub plugin_runs: Vec<PluginRecord>,
+    pub actions: Vec<ActionRecord>,
+}
+
+/// A stored event as the script stage reads it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Arrival order.
+    pub seq: i64,
+    pub id: EventId,
+    pub received_at: Millis,
+    pub path: String,
+    pub remote_addr: Option<String>,
+    pub notify_type: Option<String>,
+    pub device_id: Option<String>,
+    pub body: Vec<u8>,
+    /// The lenient-mode warnings, a JSON array.
+    pub warnings: String,
+    /// `http` or `internal`.
+    pub source: String,
+}
+
+/// What the scripts made of one event, committed in one transaction with its actions.
+#[derive(Debug, Clone)]
+pub struct EventOutcome {
+    pub event_id: EventId,
+    pub status: EventStatus,
+    /// The first plugin error, for `events list`.
+    pub error: Option<String>,
+    pub plugins: Vec<PluginRecord>,
+    pub actions: Vec<Action>,
+    /// Set for a replay: the event keeps its status, and its new actions carry the link.
+    pub replayed_from: Option<EventId>,
+}
+
+/// One plugin's run on one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginRecord {
+    pub plugin: String,
+    pub error: Option<String>,
+    pub actions: usize,
+}
+
+/// A queued action and what became of it, for `events show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRecord {
+    pub id: String,
+    pub plugin: String,
+    pub kind: String,
+    pub destination: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub result: Option<String>,
+    pub created_at: String,
+    pub sent_at: Option<String>,
+    pub replayed_from: Option<String>,
+    pub action: serde_json::Value,
 }
 
 /// What one pruning pass removed.
@@ -117,8 +178,9 @@ pub struct Pruned {
 }
 
 /// Storage for every stage. Implementations are used from one writer thread for writes (the
-/// [`Intake`]) and from any thread for reads.
-pub trait Store: Send + Sync + 'static {
+/// [`Intake`]) and from any thread for reads. Committed script state is read through the
+/// [`StateView`] supertrait.
+pub trait Store: StateView + Send + Sync + 'static {
     /// Stores `events` and `rejected` in one durable transaction: when this returns `Ok`, all of
     /// it survives a crash or power loss; on `Err`, none of it is stored. Duplicates (by hash,
     /// within the dedup window of the first copy, including copies within `events`) are not
@@ -139,4 +201,19 @@ pub trait Store: Send + Sync + 'static {
     fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
 
     fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError>;
+
+    /// One stored event as the scripts read it, for replays.
+    fn stored_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// Pending events with `seq > after_seq`, in arrival order.
+    fn pending_events(&self, after_seq: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Records outcomes, inserts their actions and applies the state changes, in one durable
+    /// transaction: all of it or none of it.
+    fn record_outcomes(
+        &self,
+        outcomes: &[EventOutcome],
+        changes: &StateChanges,
+        now: Millis,
+    ) -> Result<(), StoreError>;
 }

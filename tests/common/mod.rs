@@ -128,8 +128,9 @@ pub fn config_file(text: &str) -> (TempDir, PathBuf) {
     (dir, path)
 }
 
-/// The config of a test server: the caller's TOML plus a loopback port chosen by the OS and a
-/// store inside `dir`, unless the caller set them. Merging tables keeps keys unique.
+/// The config of a test server: the caller's TOML plus a loopback port chosen by the OS, a
+/// store inside `dir` and an empty scripts folder there, unless the caller set them. Merging
+/// tables keeps keys unique.
 fn server_config(dir: &Path, extra_toml: &str) -> String {
     let mut table: toml::Table = extra_toml
         .parse()
@@ -146,6 +147,13 @@ fn server_config(dir: &Path, extra_toml: &str) -> String {
     set_default("server", "listen", "127.0.0.1:0".into());
     let store = dir.join("store.db").to_string_lossy().into_owned();
     set_default("store", "path", store.into());
+    let scripts = dir.join("scripts");
+    std::fs::create_dir_all(&scripts).expect("the scripts folder can be created");
+    set_default(
+        "scripts",
+        "dir",
+        scripts.to_string_lossy().into_owned().into(),
+    );
     toml::to_string(&table).expect("a TOML table serialises")
 }
 
@@ -259,7 +267,25 @@ impl TestServer {
 
     /// As [`TestServer::start`], with `NOTIROUTER__…` (or other) environment variables.
     pub fn start_with_env(extra_toml: &str, env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_in(
+            tempfile::tempdir().expect("a folder can be created"),
+            extra_toml,
+            env,
+        )
+    }
+
+    /// As [`TestServer::start`], with these `(file name, source)` plugins in its scripts folder.
+    pub fn start_with_plugins(extra_toml: &str, plugins: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().expect("a temporary folder can be created");
+        let scripts = dir.path().join("scripts");
+        std::fs::create_dir_all(&scripts).expect("the scripts folder can be created");
+        for (name, source) in plugins {
+            std::fs::write(scripts.join(name), source).expect("a plugin can be written");
+        }
+        TestServer::start_in(dir, extra_toml, &[])
+    }
+
+    fn start_in(dir: TempDir, extra_toml: &str, env: &[(&str, &str)]) -> TestServer {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, server_config(dir.path(), extra_toml))
             .expect("the config file can be written");
@@ -412,6 +438,18 @@ impl TestServer {
             .envs(self.env.iter().map(|(name, value)| (name, value)))
             .output()
             .expect("the notirouter binary runs")
+    }
+
+    /// Waits until the scripts have processed every stored event.
+    pub fn wait_until_processed(&self) {
+        let processed = wait_until(SETTLE_TIMEOUT, || {
+            self.events(&["--status", "pending"]).is_empty()
+        });
+        assert!(
+            processed,
+            "events still pending after {SETTLE_TIMEOUT:?}: {}",
+            self.logs()
+        );
     }
 
     /// `events list --json` with `args` (filters) added; at most 1000 events unless limited.

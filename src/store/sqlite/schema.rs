@@ -54,6 +54,36 @@ const MIGRATIONS: &[&str] = &[
         replayed_from TEXT
     );
     CREATE INDEX actions_by_event ON actions (event_id);",
+    // 2: script outcomes and script state.
+    "ALTER TABLE events ADD COLUMN source TEXT NOT NULL DEFAULT 'http';
+    CREATE INDEX events_pending ON events (seq) WHERE status = 'pending';
+    CREATE TABLE plugin_runs (
+        event_id TEXT NOT NULL,
+        ran_at INTEGER NOT NULL,
+        plugin TEXT NOT NULL,
+        error TEXT,
+        actions INTEGER NOT NULL
+    );
+    CREATE INDEX plugin_runs_by_event ON plugin_runs (event_id);
+    CREATE INDEX actions_due ON actions (due_at) WHERE status = 'pending';
+    CREATE TABLE seen (
+        key TEXT PRIMARY KEY,
+        recorded_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE counters (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL,
+        window_start INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE upgrade_budget (
+        device_id TEXT NOT NULL,
+        target_version TEXT NOT NULL,
+        retries INTEGER NOT NULL,
+        window_start INTEGER NOT NULL,
+        PRIMARY KEY (device_id, target_version)
+    );",
 ];
 
 /// Brings the schema up to date.

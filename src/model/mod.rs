@@ -1,6 +1,8 @@
 //! Types that cross stages: ids, event states and timestamps. Depends on nothing else in the
 //! crate, so every stage can use it without pulling in another.
 
+pub mod state;
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

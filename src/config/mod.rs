@@ -8,12 +8,16 @@
 //! Sections of features this version does not have are parsed only to be refused: a key that
 //! would be silently ignored is worse than an error.
 
+mod env;
+mod raw;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+pub use raw::{ChannelKind, LogFormat, Validation};
+use raw::{RawChannel, RawConfig, RawPlatform, RawScripts, RawServer, RawStore};
 
 /// Paths the server answers itself; callback paths may not reuse them.
 const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -49,7 +53,7 @@ impl ConfigError {
         matches!(self, ConfigError::Unreadable { .. })
     }
 
-    fn invalid(key: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.to_owned(),
             message: message.into(),
@@ -57,146 +61,17 @@ impl ConfigError {
     }
 }
 
-/// How the receiver treats a known notification type with a mandatory field missing, `null` or
-/// mistyped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Validation {
-    /// Accept, store and route it; report the problems as warnings.
-    Lenient,
-    /// Answer 400 naming the field (for staging).
-    Strict,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    server: RawServer,
-    #[serde(default)]
-    log: RawLog,
-    #[serde(default)]
-    store: RawStore,
-    // Features of later versions: present only so that they are refused by name.
-    scripts: Option<toml::Value>,
-    vars: Option<toml::Value>,
-    email: Option<toml::Value>,
-    channels: Option<toml::Value>,
-    delivery: Option<toml::Value>,
-    platform: Option<toml::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    /// Address the receiver listens on. Default `127.0.0.1:8080`.
-    #[serde(default = "default_listen")]
-    listen: String,
-    /// Paths the platform posts to; `path + "/cmd"` is served too.
-    #[serde(default = "default_paths")]
-    paths: Vec<String>,
-    /// Largest accepted body. Too low refuses real notifications (413), which the platform may
-    /// not re-push; too high lets each waiting request hold more memory. Default 65536.
-    #[serde(default = "default_max_body_bytes")]
-    max_body_bytes: usize,
-    #[serde(default = "default_validation")]
-    validation: Validation,
-    /// Longest a request waits for durability before 503. The platform gives up at 15 s and
-    /// counts the failure toward its blocklist, so keep it below that. Default 10 s.
-    #[serde(default = "default_accept_timeout", with = "humantime_serde")]
-    accept_timeout: Duration,
-    trusted_proxies: Option<toml::Value>,
-    metrics_listen: Option<toml::Value>,
-    tls: Option<toml::Value>,
-    auth: Option<toml::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    #[serde(default = "default_log_format")]
-    format: LogFormat,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    /// The SQLite database file; its folder is created when missing.
-    #[serde(default = "default_store_path")]
-    path: PathBuf,
-    /// A copy of a body stored less than this after the first is a duplicate. Default 1 h; it
-    /// should exceed the platform's 10-minute re-push window.
-    #[serde(default = "default_dedup_window", with = "humantime_serde")]
-    dedup_window: Duration,
-    /// Handled events older than this are pruned. Default 30 d.
-    #[serde(default = "default_retention", with = "humantime_serde")]
-    retention: Duration,
-    /// Rejected bodies kept for inspection; the oldest go first. Default 10000.
-    #[serde(default = "default_rejected_max_count")]
-    rejected_max_count: u64,
-    /// Longest prefix kept of one rejected body. Default 65536.
-    #[serde(default = "default_rejected_max_bytes")]
-    rejected_max_bytes: usize,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:8080".to_owned()
-}
-fn default_paths() -> Vec<String> {
-    vec!["/v1.0.0/messageReceiver".to_owned()]
-}
-fn default_max_body_bytes() -> usize {
-    65536
-}
-fn default_validation() -> Validation {
-    Validation::Lenient
-}
-fn default_accept_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_log_format() -> LogFormat {
-    LogFormat::Text
-}
-fn default_store_path() -> PathBuf {
-    PathBuf::from("data/notirouter.db")
-}
-fn default_dedup_window() -> Duration {
-    Duration::from_secs(3600)
-}
-fn default_retention() -> Duration {
-    Duration::from_secs(30 * 24 * 3600)
-}
-fn default_rejected_max_count() -> u64 {
-    10_000
-}
-fn default_rejected_max_bytes() -> usize {
-    65536
-}
-
-macro_rules! raw_defaults {
-    ($($raw:ty),*) => {$(
-        impl Default for $raw {
-            fn default() -> Self {
-                toml::from_str("").expect("every field of this section has a default")
-            }
-        }
-    )*};
-}
-raw_defaults!(RawServer, RawLog, RawStore);
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub store: StoreConfig,
+    pub scripts: ScriptsConfig,
+    /// The `[vars]` table, a JSON object.
+    pub vars: serde_json::Value,
+    pub channels: BTreeMap<String, ChannelConfig>,
+    pub platform: PlatformConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +95,50 @@ pub struct StoreConfig {
     pub retention: Duration,
     pub rejected_max_count: u64,
     pub rejected_max_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScriptsConfig {
+    pub dir: PathBuf,
+    pub hot_reload: bool,
+    pub workers: usize,
+    pub max_operations: u64,
+    pub max_run_time: Duration,
+}
+
+/// A named chat or webhook destination.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    pub kind: ChannelKind,
+    /// Absent for kind `log`.
+    pub url: Option<Secret>,
+    pub secret: Option<Secret>,
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    pub enabled: bool,
+    pub max_upgrade_retries: u32,
+    pub retry_budget_window: Duration,
+    pub packages: BTreeMap<String, String>,
+}
+
+/// A value that must never reach a log: its `Debug` prints `***`. Webhook URLs count, since
+/// Slack-style URLs carry their token in the path.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Config {
@@ -247,44 +166,35 @@ impl Config {
             .filter(|(name, _)| name.starts_with(ENV_PREFIX))
             .collect();
         if !overrides.is_empty() {
-            raw = apply_overrides(text, path, &overrides)?;
+            raw = env::apply_overrides(text, path, &overrides)?;
         }
-        Config::from_raw(raw).map_err(|error| blame_override(error, &overrides))
+        Config::from_raw(raw).map_err(|error| env::blame_override(error, &overrides))
     }
 
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        refuse_unbuilt(&[
-            ("scripts", raw.scripts.is_some()),
-            ("vars", raw.vars.is_some()),
-            ("email", raw.email.is_some()),
-            ("channels", raw.channels.is_some()),
-            ("delivery", raw.delivery.is_some()),
-            ("platform", raw.platform.is_some()),
-            (
-                "server.trusted_proxies",
-                raw.server.trusted_proxies.is_some(),
-            ),
-            ("server.metrics_listen", raw.server.metrics_listen.is_some()),
-            ("server.tls", raw.server.tls.is_some()),
-            ("server.auth", raw.server.auth.is_some()),
-        ])?;
+        if let Some(key) = raw.unbuilt_keys().first() {
+            return Err(ConfigError::invalid(
+                key,
+                "not supported in this version of notirouter; remove it from the config",
+            ));
+        }
+        let vars = serde_json::to_value(&raw.vars)
+            .map_err(|e| ConfigError::invalid("vars", e.to_string()))?;
         Ok(Config {
             server: server_from_raw(raw.server)?,
             log: LogConfig {
                 format: raw.log.format,
             },
             store: store_from_raw(raw.store)?,
+            scripts: scripts_from_raw(raw.scripts)?,
+            vars,
+            channels: raw
+                .channels
+                .into_iter()
+                .map(|(name, channel)| Ok((name.clone(), channel_from_raw(&name, channel)?)))
+                .collect::<Result<_, ConfigError>>()?,
+            platform: platform_from_raw(raw.platform),
         })
-    }
-}
-
-fn refuse_unbuilt(present: &[(&str, bool)]) -> Result<(), ConfigError> {
-    match present.iter().find(|(_, is_present)| *is_present) {
-        Some((key, _)) => Err(ConfigError::invalid(
-            key,
-            "not supported in this version of notirouter; remove it from the config",
-        )),
-        None => Ok(()),
     }
 }
 
@@ -362,7 +272,80 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
     })
 }
 
-fn file_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
+fn scripts_from_raw(raw: RawScripts) -> Result<ScriptsConfig, ConfigError> {
+    if !(1..=64).contains(&raw.workers) {
+        return Err(ConfigError::invalid(
+            "scripts.workers",
+            "must be from 1 to 64",
+        ));
+    }
+    if raw.max_operations == 0 {
+        return Err(ConfigError::invalid(
+            "scripts.max_operations",
+            "must be at least 1",
+        ));
+    }
+    if raw.max_run_time.is_zero() {
+        return Err(ConfigError::invalid(
+            "scripts.max_run_time",
+            "must be longer than zero",
+        ));
+    }
+    Ok(ScriptsConfig {
+        dir: raw.dir,
+        hot_reload: raw.hot_reload,
+        workers: raw.workers,
+        max_operations: raw.max_operations,
+        max_run_time: raw.max_run_time,
+    })
+}
+
+fn channel_from_raw(name: &str, raw: RawChannel) -> Result<ChannelConfig, ConfigError> {
+    let key = |field: &str| format!("channels.{name}{field}");
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid_name {
+        let message = "a channel name may only hold letters, digits, '_' and '-'";
+        return Err(ConfigError::invalid(&key(""), message));
+    }
+    let url = match (raw.kind, raw.url) {
+        (ChannelKind::Log, None) => None,
+        (ChannelKind::Log, Some(_)) => {
+            let message = "kind \"log\" sends nowhere; remove the url";
+            return Err(ConfigError::invalid(&key(".url"), message));
+        }
+        (kind, None) => {
+            let message = format!("kind \"{kind}\" needs the URL to post to");
+            return Err(ConfigError::invalid(&key(".url"), message));
+        }
+        (_, Some(url)) if url.starts_with("https://") || url.starts_with("http://") => {
+            Some(Secret(url))
+        }
+        (_, Some(_)) => {
+            let message = "is not an http(s) URL; fix the scheme or remove the channel";
+            return Err(ConfigError::invalid(&key(".url"), message));
+        }
+    };
+    Ok(ChannelConfig {
+        kind: raw.kind,
+        url,
+        secret: raw.secret.filter(|secret| !secret.is_empty()).map(Secret),
+        headers: raw.headers,
+    })
+}
+
+fn platform_from_raw(raw: RawPlatform) -> PlatformConfig {
+    PlatformConfig {
+        enabled: raw.enabled,
+        max_upgrade_retries: raw.max_upgrade_retries,
+        retry_budget_window: raw.retry_budget_window,
+        packages: raw.packages,
+    }
+}
+
+pub(super) fn file_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
     let message = error.message().to_owned();
     match error.span() {
         Some(span) => {
@@ -391,83 +374,6 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
         .map_or(0, |tail| tail.chars().count())
         + 1;
     (line, column)
-}
-
-/// Applies the overrides one at a time, in name order, re-checking after each so that an error
-/// names the variable that caused it.
-fn apply_overrides(
-    text: &str,
-    path: &Path,
-    overrides: &BTreeMap<String, String>,
-) -> Result<RawConfig, ConfigError> {
-    let mut table: toml::Table = text.parse().map_err(|e| file_error(path, text, &e))?;
-    let mut raw = None;
-    for (var, value) in overrides {
-        let env_error = |message: String| ConfigError::Env {
-            var: var.clone(),
-            message,
-        };
-        let keys: Vec<String> = var[ENV_PREFIX.len()..]
-            .split("__")
-            .map(str::to_lowercase)
-            .collect();
-        if keys.iter().any(String::is_empty) {
-            return Err(env_error(
-                "is not of the form NOTIROUTER__SECTION__KEY (segments joined by \"__\")".into(),
-            ));
-        }
-        set_key(&mut table, &keys, override_value(value)).map_err(env_error)?;
-        let merged = toml::to_string(&table).map_err(|e| env_error(e.to_string()))?;
-        raw = Some(toml::from_str(&merged).map_err(|e| env_error(e.message().to_owned()))?);
-    }
-    Ok(raw.expect("apply_overrides is only called with at least one override"))
-}
-
-/// Names the variable behind an invalid value when the value came from the environment: the
-/// file is then correct, and the operator must be told where else to look.
-fn blame_override(error: ConfigError, overrides: &BTreeMap<String, String>) -> ConfigError {
-    let ConfigError::Invalid { key, message } = error else {
-        return error;
-    };
-    let from_env = overrides.keys().find(|var| {
-        let dotted = var[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
-        key == dotted
-            || key.starts_with(&format!("{dotted}."))
-            || key.starts_with(&format!("{dotted}["))
-    });
-    match from_env {
-        Some(var) => ConfigError::Env {
-            var: var.clone(),
-            message: format!("{key}: {message}"),
-        },
-        None => ConfigError::Invalid { key, message },
-    }
-}
-
-/// An override is read as a TOML value, and as a string when it does not parse as one.
-fn override_value(text: &str) -> toml::Value {
-    format!("value = {text}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut table| table.remove("value"))
-        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
-}
-
-fn set_key(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = keys
-        .split_last()
-        .expect("split(\"__\") yields at least one segment");
-    let mut current = table;
-    for (depth, key) in parents.iter().enumerate() {
-        let entry = current
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{}` is a value, not a section", keys[..=depth].join(".")))?;
-    }
-    current.insert(last.clone(), value);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -548,19 +454,64 @@ mod tests {
     #[test]
     fn features_of_later_versions_are_refused_by_name() {
         for (text, key) in [
-            ("[platform]\nenabled = false", "platform"),
+            (
+                "[platform]\nbase_url = \"https://x:8743\"",
+                "platform.base_url",
+            ),
             ("[server.tls]\ncert = \"c.pem\"", "server.tls"),
             ("[server]\ntrusted_proxies = []", "server.trusted_proxies"),
-            ("[channels.ops]\nkind = \"log\"", "channels"),
+            ("[email]\ntransport = \"file\"", "email"),
         ] {
             let error = parse(text).unwrap_err().to_string();
-            assert_eq!(
-                error,
-                format!(
-                    "{key}: not supported in this version of notirouter; remove it from the config"
-                )
-            );
+            let expected = "not supported in this version of notirouter; remove it from the config";
+            assert_eq!(error, format!("{key}: {expected}"));
         }
+    }
+
+    #[test]
+    fn scripts_vars_channels_and_platform_budget_are_read() {
+        let config = parse(
+            "[scripts]\ndir = \"plugins\"\nworkers = 2\nmax_run_time = \"50ms\"\n\
+             [vars]\nops_email = \"a@b.c\"\ncodes = [\"1\", \"2\"]\n\
+             [channels.ops]\nkind = \"log\"\n\
+             [channels.hook]\nkind = \"webhook\"\nurl = \"https://h.example/x\"\nsecret = \"s\"\n\
+             [platform]\nenabled = true\nmax_upgrade_retries = 2\n[platform.packages]\n\"1.5\" = \"f1\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.scripts.dir, PathBuf::from("plugins"));
+        assert_eq!(config.scripts.workers, 2);
+        assert_eq!(config.scripts.max_run_time, Duration::from_millis(50));
+        assert_eq!(config.vars["codes"][1], "2");
+        assert_eq!(config.channels["ops"].kind, ChannelKind::Log);
+        assert_eq!(
+            config.channels["hook"].url.as_ref().unwrap().expose(),
+            "https://h.example/x"
+        );
+        assert_eq!(format!("{:?}", config.channels["hook"].secret), "Some(***)");
+        assert!(config.platform.enabled);
+        assert_eq!(config.platform.packages["1.5"], "f1");
+    }
+
+    #[test]
+    fn channels_need_a_url_except_kind_log() {
+        let error = parse("[channels.ops]\nkind = \"slack\"")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "channels.ops.url: kind \"slack\" needs the URL to post to"
+        );
+        let error = parse("[channels.ops]\nkind = \"slack\"\nurl = \"htp://x\"").unwrap_err();
+        assert!(
+            error.to_string().contains("is not an http(s) URL"),
+            "{error}"
+        );
+        let error = parse("[channels.ops]\nkind = \"log\"\nurl = \"https://x\"").unwrap_err();
+        assert!(error.to_string().contains("remove the url"), "{error}");
+        let error = parse("[channels.ops]\nkind = \"sms\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown variant `sms`"), "{error}");
     }
 
     #[test]

@@ -1,0 +1,305 @@
+//! The configuration file as serde reads it: one struct per section, every struct with
+//! `deny_unknown_fields` (and no `flatten`, which would silently disable it), every default in
+//! the section's `Default`. [`super::Config::from_raw`] validates these into typed values.
+//!
+//! Keys of features this version does not have are read as `Option<toml::Value>` only so that
+//! they can be refused by name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How the receiver treats a known notification type with a mandatory field missing, `null` or
+/// mistyped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validation {
+    /// Accept, store and route it; report the problems as warnings.
+    Lenient,
+    /// Answer 400 naming the field (for staging).
+    Strict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The kind of a named chat or webhook destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Slack,
+    Teams,
+    Dingtalk,
+    Wecom,
+    Feishu,
+    Webhook,
+    /// A log line and a file under `data/chat/`: for the default config and local use.
+    Log,
+}
+
+impl fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            ChannelKind::Slack => "slack",
+            ChannelKind::Teams => "teams",
+            ChannelKind::Dingtalk => "dingtalk",
+            ChannelKind::Wecom => "wecom",
+            ChannelKind::Feishu => "feishu",
+            ChannelKind::Webhook => "webhook",
+            ChannelKind::Log => "log",
+        };
+        f.write_str(name)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub scripts: RawScripts,
+    /// Free-form; scripts see it as the constant map `vars`.
+    #[serde(default)]
+    pub vars: toml::Table,
+    #[serde(default)]
+    pub channels: BTreeMap<String, RawChannel>,
+    #[serde(default)]
+    pub platform: RawPlatform,
+    pub email: Option<toml::Value>,
+    pub delivery: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawServer {
+    /// Address the receiver listens on. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Paths the platform posts to; `path + "/cmd"` is served too.
+    pub paths: Vec<String>,
+    /// Largest accepted body. Too low refuses real notifications (413), which the platform may
+    /// not re-push; too high lets each waiting request hold more memory. Default 65536.
+    pub max_body_bytes: usize,
+    pub validation: Validation,
+    /// Longest a request waits for durability before 503. The platform gives up at 15 s and
+    /// counts the failure toward its blocklist, so keep it below that. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub accept_timeout: Duration,
+    pub trusted_proxies: Option<toml::Value>,
+    pub metrics_listen: Option<toml::Value>,
+    pub tls: Option<toml::Value>,
+    pub auth: Option<toml::Value>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".to_owned(),
+            paths: vec!["/v1.0.0/messageReceiver".to_owned()],
+            max_body_bytes: 65536,
+            validation: Validation::Lenient,
+            accept_timeout: Duration::from_secs(10),
+            trusted_proxies: None,
+            metrics_listen: None,
+            tls: None,
+            auth: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLog {
+    pub format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawStore {
+    /// The SQLite database file; its folder is created when missing.
+    pub path: PathBuf,
+    /// A copy of a body stored less than this after the first is a duplicate. Default 1 h; it
+    /// should exceed the platform's 10-minute re-push window.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Handled events older than this are pruned. Default 30 d.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Rejected bodies kept for inspection; the oldest go first. Default 10000.
+    pub rejected_max_count: u64,
+    /// Longest prefix kept of one rejected body. Default 65536.
+    pub rejected_max_bytes: usize,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            path: PathBuf::from("data/notirouter.db"),
+            dedup_window: Duration::from_secs(3600),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            rejected_max_count: 10_000,
+            rejected_max_bytes: 65536,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawScripts {
+    /// The plugins' folder: every `*.rhai` directly inside is a plugin; `lib/` holds modules.
+    pub dir: PathBuf,
+    /// Reload plugins when their files change. Default true.
+    pub hot_reload: bool,
+    /// Script threads. One handles tens of thousands of events a second; more shard events by
+    /// `deviceId`. Default 1.
+    pub workers: usize,
+    /// Operations one plugin run may take; stops runaway loops. Default 1000000.
+    pub max_operations: u64,
+    /// Wall-clock time one plugin run may take. Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub max_run_time: Duration,
+}
+
+impl Default for RawScripts {
+    fn default() -> Self {
+        RawScripts {
+            dir: PathBuf::from("scripts"),
+            hot_reload: true,
+            workers: 1,
+            max_operations: 1_000_000,
+            max_run_time: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChannel {
+    pub kind: ChannelKind,
+    /// Where to post; not used by kind `log`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// dingtalk/feishu signing secret; webhook signature secret.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Extra HTTP headers sent with every post.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawPlatform {
+    /// `retry_upgrade` queues tasks only when enabled. Default false.
+    pub enabled: bool,
+    /// Tasks `retry_upgrade` may create per device and target version within
+    /// `retry_budget_window`. Default 3.
+    pub max_upgrade_retries: u32,
+    /// How long a budget lasts from its first retry. Default 7 d.
+    #[serde(with = "humantime_serde")]
+    pub retry_budget_window: Duration,
+    /// `targetVersion` → `fileId`.
+    pub packages: BTreeMap<String, String>,
+    pub base_url: Option<toml::Value>,
+    pub app_id: Option<toml::Value>,
+    pub secret: Option<toml::Value>,
+    pub client_cert: Option<toml::Value>,
+    pub client_key: Option<toml::Value>,
+    pub ca_cert: Option<toml::Value>,
+    pub verify_hostname: Option<toml::Value>,
+    pub max_calls_per_minute: Option<toml::Value>,
+    pub verify_before_retry: Option<toml::Value>,
+    pub device_type: Option<toml::Value>,
+    pub manufacturer_name: Option<toml::Value>,
+    pub model: Option<toml::Value>,
+}
+
+impl Default for RawPlatform {
+    fn default() -> Self {
+        RawPlatform {
+            enabled: false,
+            max_upgrade_retries: 3,
+            retry_budget_window: Duration::from_secs(7 * 24 * 3600),
+            packages: BTreeMap::new(),
+            base_url: None,
+            app_id: None,
+            secret: None,
+            client_cert: None,
+            client_key: None,
+            ca_cert: None,
+            verify_hostname: None,
+            max_calls_per_minute: None,
+            verify_before_retry: None,
+            device_type: None,
+            manufacturer_name: None,
+            model: None,
+        }
+    }
+}
+
+impl RawConfig {
+    /// The keys present that this version does not support.
+    pub fn unbuilt_keys(&self) -> Vec<&'static str> {
+        let platform = &self.platform;
+        [
+            ("email", self.email.is_some()),
+            ("delivery", self.delivery.is_some()),
+            (
+                "server.trusted_proxies",
+                self.server.trusted_proxies.is_some(),
+            ),
+            (
+                "server.metrics_listen",
+                self.server.metrics_listen.is_some(),
+            ),
+            ("server.tls", self.server.tls.is_some()),
+            ("server.auth", self.server.auth.is_some()),
+            ("platform.base_url", platform.base_url.is_some()),
+            ("platform.app_id", platform.app_id.is_some()),
+            ("platform.secret", platform.secret.is_some()),
+            ("platform.client_cert", platform.client_cert.is_some()),
+            ("platform.client_key", platform.client_key.is_some()),
+            ("platform.ca_cert", platform.ca_cert.is_some()),
+            (
+                "platform.verify_hostname",
+                platform.verify_hostname.is_some(),
+            ),
+            (
+                "platform.max_calls_per_minute",
+                platform.max_calls_per_minute.is_some(),
+            ),
+            (
+                "platform.verify_before_retry",
+                platform.verify_before_retry.is_some(),
+            ),
+            ("platform.device_type", platform.device_type.is_some()),
+            (
+                "platform.manufacturer_name",
+                platform.manufacturer_name.is_some(),
+            ),
+            ("platform.model", platform.model.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, present)| present.then_some(key))
+        .collect()
+    }
+}

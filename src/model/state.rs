@@ -1,0 +1,367 @@
+//! Script state: `seen` keys, `count` windows and the upgrade retry budget.
+//!
+//! A run reads committed state through [`StateView`] and writes only to [`StateChanges`], an
+//! overlay that the worker commits in the same transaction as the event's outcome. Reads
+//! always go through [`Effective`], which lays the overlay over the committed state, so a
+//! later event of the same batch (or a later plugin of the same event) sees earlier changes.
+//!
+//! Counters and budgets are written as deltas, so two workers incrementing one key cannot lose
+//! an update.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::Millis;
+
+/// Why state could not be read; the run is abandoned and retried, never guessed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("reading script state failed: {0}")]
+pub struct StateError(pub String);
+
+/// Committed state.
+pub trait StateView {
+    /// When `key` was last recorded by `seen`.
+    fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError>;
+    /// A counter's value and the start of its window.
+    fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError>;
+    /// Retries used for a device and target version, and the start of the budget window.
+    fn budget(
+        &self,
+        device_id: &str,
+        target_version: &str,
+    ) -> Result<Option<(i64, Millis)>, StateError>;
+}
+
+/// A `seen` key recorded by a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenRecord {
+    pub recorded_at: Millis,
+    /// For pruning only: when the ttl given at recording runs out.
+    pub expires_at: Millis,
+}
+
+/// Increments of one counter by a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountDelta {
+    pub delta: i64,
+    /// Set when the committed window had ended (or there was none): the increment starts a
+    /// new window at this time.
+    pub new_window: Option<Millis>,
+    pub window: Duration,
+}
+
+/// Budget units taken by a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetDelta {
+    pub delta: i64,
+    pub new_window: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StateChanges {
+    pub seen: HashMap<String, SeenRecord>,
+    pub counts: HashMap<String, CountDelta>,
+    pub budgets: HashMap<(String, String), BudgetDelta>,
+    /// What each change replaced, newest last, so that a failed plugin's changes can be undone
+    /// without copying the whole overlay before every run.
+    undo: Vec<Undo>,
+}
+
+#[derive(Debug, Clone)]
+enum Undo {
+    Seen(String, Option<SeenRecord>),
+    Count(String, Option<CountDelta>),
+    Budget((String, String), Option<BudgetDelta>),
+}
+
+/// A point to which changes can be rolled back.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint(usize);
+
+impl StateChanges {
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty() && self.counts.is_empty() && self.budgets.is_empty()
+    }
+
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint(self.undo.len())
+    }
+
+    /// Undoes every change made since `checkpoint`.
+    pub fn rollback(&mut self, checkpoint: Checkpoint) {
+        while self.undo.len() > checkpoint.0 {
+            match self.undo.pop().expect("the length was checked") {
+                Undo::Seen(key, old) => restore(&mut self.seen, key, old),
+                Undo::Count(key, old) => restore(&mut self.counts, key, old),
+                Undo::Budget(key, old) => restore(&mut self.budgets, key, old),
+            }
+        }
+    }
+
+    /// Forgets the undo history: the changes so far are final.
+    pub fn settle(&mut self) {
+        self.undo.clear();
+    }
+
+    fn set_seen(&mut self, key: &str, record: SeenRecord) {
+        let old = self.seen.insert(key.to_owned(), record);
+        self.undo.push(Undo::Seen(key.to_owned(), old));
+    }
+
+    fn set_count(&mut self, key: &str, delta: CountDelta) {
+        let old = self.counts.insert(key.to_owned(), delta);
+        self.undo.push(Undo::Count(key.to_owned(), old));
+    }
+
+    fn set_budget(&mut self, key: (String, String), delta: BudgetDelta) {
+        let old = self.budgets.insert(key.clone(), delta);
+        self.undo.push(Undo::Budget(key, old));
+    }
+}
+
+fn restore<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, old: Option<V>) {
+    match old {
+        Some(old) => map.insert(key, old),
+        None => map.remove(&key),
+    };
+}
+
+/// Committed state with uncommitted changes laid over it.
+pub struct Effective<'a> {
+    pub committed: &'a dyn StateView,
+    pub changes: &'a mut StateChanges,
+    pub now: Millis,
+}
+
+fn live(start: Millis, window: Duration, now: Millis) -> bool {
+    start > now.minus(window)
+}
+
+impl Effective<'_> {
+    /// `seen(key, ttl)`: true if `key` was recorded within `ttl`; otherwise records it. A hit
+    /// does not extend the ttl.
+    pub fn seen(&mut self, key: &str, ttl: Duration) -> Result<bool, StateError> {
+        let recorded = match self.changes.seen.get(key) {
+            Some(record) => Some(record.recorded_at),
+            None => self.committed.seen_at(key)?,
+        };
+        if recorded.is_some_and(|at| live(at, ttl, self.now)) {
+            return Ok(true);
+        }
+        let expires_at = Millis(self.now.0.saturating_add(ttl.as_millis() as i64));
+        self.changes.set_seen(
+            key,
+            SeenRecord {
+                recorded_at: self.now,
+                expires_at,
+            },
+        );
+        Ok(false)
+    }
+
+    /// `count(key, window)`: increments and returns the count in a fixed window that starts at
+    /// its first increment.
+    pub fn count(&mut self, key: &str, window: Duration) -> Result<i64, StateError> {
+        let committed = self
+            .committed
+            .counter(key)?
+            .filter(|(_, start)| live(*start, window, self.now));
+        let pending =
+            self.changes
+                .counts
+                .get(key)
+                .copied()
+                .filter(|delta| match delta.new_window {
+                    Some(start) => live(start, window, self.now),
+                    None => committed.is_some(),
+                });
+        let delta = match pending {
+            Some(pending) => CountDelta {
+                delta: pending.delta + 1,
+                ..pending
+            },
+            None => CountDelta {
+                delta: 1,
+                new_window: committed.is_none().then_some(self.now),
+                window,
+            },
+        };
+        self.changes.set_count(key, delta);
+        let base = if delta.new_window.is_some() {
+            0
+        } else {
+            committed.map_or(0, |(value, _)| value)
+        };
+        Ok(base + delta.delta)
+    }
+
+    /// Retries used for `(device_id, target_version)` within `window`.
+    pub fn budget_used(
+        &self,
+        device_id: &str,
+        target_version: &str,
+        window: Duration,
+    ) -> Result<i64, StateError> {
+        let committed = self
+            .committed
+            .budget(device_id, target_version)?
+            .filter(|(_, start)| live(*start, window, self.now));
+        let key = (device_id.to_owned(), target_version.to_owned());
+        Ok(match self.changes.budgets.get(&key) {
+            Some(BudgetDelta {
+                delta,
+                new_window: Some(_),
+            }) => *delta,
+            Some(BudgetDelta {
+                delta,
+                new_window: None,
+            }) => committed.map_or(0, |(used, _)| used) + delta,
+            None => committed.map_or(0, |(used, _)| used),
+        })
+    }
+
+    /// Takes one unit of the budget.
+    pub fn take_budget(
+        &mut self,
+        device_id: &str,
+        target_version: &str,
+        window: Duration,
+    ) -> Result<(), StateError> {
+        let committed_live = self
+            .committed
+            .budget(device_id, target_version)?
+            .is_some_and(|(_, start)| live(start, window, self.now));
+        let key = (device_id.to_owned(), target_version.to_owned());
+        let delta = match self.changes.budgets.get(&key) {
+            Some(pending) => BudgetDelta {
+                delta: pending.delta + 1,
+                ..*pending
+            },
+            None => BudgetDelta {
+                delta: 1,
+                new_window: (!committed_live).then_some(self.now),
+            },
+        };
+        self.changes.set_budget(key, delta);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Committed {
+        seen: HashMap<String, Millis>,
+        counters: HashMap<String, (i64, Millis)>,
+    }
+
+    impl StateView for Committed {
+        fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
+            Ok(self.seen.get(key).copied())
+        }
+        fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
+            Ok(self.counters.get(key).copied())
+        }
+        fn budget(&self, device_id: &str, _: &str) -> Result<Option<(i64, Millis)>, StateError> {
+            // "d" started its window 10 s before the tests' `now`, "e" 100 s before.
+            let start = if device_id == "d" { 990_000 } else { 900_000 };
+            Ok(Some((2, Millis(start))))
+        }
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn seen_records_once_and_does_not_extend() {
+        let committed = Committed::default();
+        let mut changes = StateChanges::default();
+        let mut state = Effective {
+            committed: &committed,
+            changes: &mut changes,
+            now: Millis(1_000_000),
+        };
+        assert!(!state.seen("k", MINUTE).unwrap());
+        assert!(state.seen("k", MINUTE).unwrap());
+        state.now = Millis(1_000_000 + 61_000);
+        assert!(
+            !state.seen("k", MINUTE).unwrap(),
+            "a hit must not have extended the ttl"
+        );
+    }
+
+    #[test]
+    fn counts_add_to_a_live_committed_window_and_restart_an_ended_one() {
+        let mut committed = Committed::default();
+        committed
+            .counters
+            .insert("live".into(), (5, Millis(990_000)));
+        committed
+            .counters
+            .insert("old".into(), (5, Millis(100_000)));
+        let mut changes = StateChanges::default();
+        let mut state = Effective {
+            committed: &committed,
+            changes: &mut changes,
+            now: Millis(1_000_000),
+        };
+        assert_eq!(state.count("live", MINUTE).unwrap(), 6);
+        assert_eq!(state.count("live", MINUTE).unwrap(), 7);
+        assert_eq!(state.count("old", MINUTE).unwrap(), 1);
+        assert_eq!(state.count("new", MINUTE).unwrap(), 1);
+        assert_eq!(
+            changes.counts["live"],
+            CountDelta {
+                delta: 2,
+                new_window: None,
+                window: MINUTE
+            }
+        );
+        assert_eq!(changes.counts["old"].new_window, Some(Millis(1_000_000)));
+    }
+
+    #[test]
+    fn rollback_undoes_only_what_came_after_the_checkpoint() {
+        let committed = Committed::default();
+        let mut changes = StateChanges::default();
+        let mut state = Effective {
+            committed: &committed,
+            changes: &mut changes,
+            now: Millis(1_000_000),
+        };
+        state.count("k", MINUTE).unwrap();
+        let checkpoint = state.changes.checkpoint();
+        state.count("k", MINUTE).unwrap();
+        state.seen("s", MINUTE).unwrap();
+        state.take_budget("d", "1.5", MINUTE).unwrap();
+        state.changes.rollback(checkpoint);
+        assert_eq!(changes.counts["k"].delta, 1);
+        assert!(changes.seen.is_empty() && changes.budgets.is_empty());
+    }
+
+    #[test]
+    fn budgets_count_committed_and_pending_units() {
+        let committed = Committed::default();
+        let mut changes = StateChanges::default();
+        let mut state = Effective {
+            committed: &committed,
+            changes: &mut changes,
+            now: Millis(1_000_000),
+        };
+        assert_eq!(state.budget_used("d", "1.5", MINUTE).unwrap(), 2);
+        state.take_budget("d", "1.5", MINUTE).unwrap();
+        assert_eq!(state.budget_used("d", "1.5", MINUTE).unwrap(), 3);
+        assert_eq!(
+            state.budget_used("e", "1.5", MINUTE).unwrap(),
+            0,
+            "its window has ended"
+        );
+        state.take_budget("e", "1.5", MINUTE).unwrap();
+        assert_eq!(state.budget_used("e", "1.5", MINUTE).unwrap(), 1);
+        assert_eq!(
+            changes.budgets[&("e".to_owned(), "1.5".to_owned())].new_window,
+            Some(Millis(1_000_000))
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! What the script stage reads and writes: pending events, committed script state, and the
+//! outcome transaction (event status, plugin runs, actions, state changes) that must be atomic.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::queries::{STORED_COLUMNS, StoredRow, stored_row};
+use super::{SqliteStore, begin, database};
+use crate::action::Action;
+use crate::model::Millis;
+use crate::model::state::{StateChanges, StateError, StateView};
+use crate::store::{EventOutcome, StoreError, StoredEvent};
+
+impl SqliteStore {
+    pub(super) fn read_pending(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let reader = self.reader();
+        let rows: Vec<StoredRow> = reader
+            .prepare_cached(&format!(
+                "SELECT {STORED_COLUMNS} FROM events WHERE status = 'pending' AND seq > ?1
+                 ORDER BY seq LIMIT ?2"
+            ))
+            .and_then(|mut statement| {
+                statement
+                    .query_map(params![after_seq, limit as i64], stored_row)?
+                    .collect()
+            })
+            .map_err(database("reading pending events"))?;
+        rows.into_iter().map(StoredRow::into_event).collect()
+    }
+
+    pub(super) fn write_outcomes(
+        &self,
+        outcomes: &[EventOutcome],
+        changes: &StateChanges,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        let transaction = begin(&mut writer)?;
+        for outcome in outcomes {
+            record_event_outcome(&transaction, outcome, now)?;
+            for action in &outcome.actions {
+                insert_action(&transaction, self.next_id(), outcome, action, now)?;
+            }
+        }
+        apply_state_changes(&transaction, changes, now)?;
+        transaction
+            .commit()
+            .map_err(database("committing script outcomes"))
+    }
+}
+
+fn record_event_outcome(
+    transaction: &Transaction<'_>,
+    outcome: &EventOutcome,
+    now: Millis,
+) -> Result<(), StoreError> {
+    if outcome.replayed_from.is_none() {
+        transaction
+            .prepare_cached(
+                "UPDATE events SET status = ?2, error = ?3, handled_at = ?4 WHERE id = ?1",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    outcome.event_id.to_string(),
+                    outcome.status.as_str(),
+                    outcome.error,
+                    now.0
+                ])
+            })
+            .map_err(database("recording an event's outcome"))?;
+    }
+    let mut statement = transaction
+        .prepare_cached("INSERT INTO plugin_runs (event_id, ran_at, plugin, error, actions) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(database("recording plugin runs"))?;
+    for run in &outcome.plugins {
+        statement
+            .execute(params![
+                outcome.event_id.to_string(),
+                now.0,
+                run.plugin,
+                run.error,
+                run.actions as i64
+            ])
+            .map_err(database("recording plugin runs"))?;
+    }
+    Ok(())
+}
+
+fn insert_action(
+    transaction: &Transaction<'_>,
+    id: ulid::Ulid,
+    outcome: &EventOutcome,
+    action: &Action,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let id = id.to_string();
+    let payload = serde_json::to_string(action).expect("actions serialise to JSON");
+    transaction
+        .prepare_cached(
+            "INSERT INTO actions (id, event_id, plugin, kind, destination, payload, idempotency_key,
+             created_at, status, due_at, replayed_from)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?1, ?7, 'pending', ?7, ?8)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                id,
+                outcome.event_id.to_string(),
+                action.plugin,
+                action.kind(),
+                action.destination(),
+                payload,
+                now.0,
+                outcome.replayed_from.map(|from| from.to_string()),
+            ])
+        })
+        .map_err(database("queueing an action"))?;
+    Ok(())
+}
+
+/// Applies counters and budgets as deltas, so concurrent writers cannot lose an update.
+fn apply_state_changes(
+    transaction: &Transaction<'_>,
+    changes: &StateChanges,
+    now: Millis,
+) -> Result<(), StoreError> {
+    for (key, record) in &changes.seen {
+        transaction
+            .prepare_cached(
+                "INSERT INTO seen (key, recorded_at, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET recorded_at = excluded.recorded_at,
+                 expires_at = excluded.expires_at",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![key, record.recorded_at.0, record.expires_at.0])
+            })
+            .map_err(database("recording seen keys"))?;
+    }
+    for (key, count) in &changes.counts {
+        let start = count.new_window.unwrap_or(now);
+        let expires = start.0.saturating_add(count.window.as_millis() as i64);
+        transaction
+            .prepare_cached(
+                "INSERT INTO counters (key, value, window_start, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET
+                 value = CASE WHEN ?5 OR counters.expires_at <= ?6 THEN excluded.value
+                              ELSE counters.value + excluded.value END,
+                 window_start = CASE WHEN ?5 OR counters.expires_at <= ?6 THEN excluded.window_start
+                                     ELSE counters.window_start END,
+                 expires_at = CASE WHEN ?5 OR counters.expires_at <= ?6 THEN excluded.expires_at
+                                   ELSE counters.expires_at END",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![key, count.delta, start.0, expires, count.new_window.is_some(), now.0])
+            })
+            .map_err(database("recording counters"))?;
+    }
+    for ((device_id, version), budget) in &changes.budgets {
+        transaction
+            .prepare_cached(
+                "INSERT INTO upgrade_budget (device_id, target_version, retries, window_start)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (device_id, target_version) DO UPDATE SET
+                 retries = CASE WHEN ?5 THEN excluded.retries ELSE upgrade_budget.retries + excluded.retries END,
+                 window_start = CASE WHEN ?5 THEN excluded.window_start ELSE upgrade_budget.window_start END",
+            )
+            .and_then(|mut statement| {
+                let start = budget.new_window.unwrap_or(now);
+                statement.execute(params![device_id, version, budget.delta, start.0, budget.new_window.is_some()])
+            })
+            .map_err(database("recording the upgrade budget"))?;
+    }
+    Ok(())
+}
+
+fn state_error(error: rusqlite::Error) -> StateError {
+    StateError(error.to_string())
+}
+
+impl StateView for SqliteStore {
+    fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
+        let reader = self.reader();
+        let mut statement = reader
+            .prepare_cached("SELECT recorded_at FROM seen WHERE key = ?1")
+            .map_err(state_error)?;
+        statement
+            .query_row([key], |row| Ok(Millis(row.get(0)?)))
+            .optional()
+            .map_err(state_error)
+    }
+
+    fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
+        let reader = self.reader();
+        let mut statement = reader
+            .prepare_cached("SELECT value, window_start FROM counters WHERE key = ?1")
+            .map_err(state_error)?;
+        statement
+            .query_row([key], |row| Ok((row.get(0)?, Millis(row.get(1)?))))
+            .optional()
+            .map_err(state_error)
+    }
+
+    fn budget(
+        &self,
+        device_id: &str,
+        target_version: &str,
+    ) -> Result<Option<(i64, Millis)>, StateError> {
+        let reader = self.reader();
+        let mut statement = reader
+            .prepare_cached(
+                "SELECT retries, window_start FROM upgrade_budget WHERE device_id = ?1 AND target_version = ?2",
+            )
+            .map_err(state_error)?;
+        statement
+            .query_row([device_id, target_version], |row| {
+                Ok((row.get(0)?, Millis(row.get(1)?)))
+            })
+            .optional()
+            .map_err(state_error)
+    }
+}
