@@ -19,7 +19,10 @@ fn run_cases(config: &str, cases: &str) -> std::process::Output {
 fn assert_all_pass(output: &std::process::Output, count: usize) {
     assert_exit(output, 0);
     let text = stdout(output);
-    assert!(text.contains(&format!("cases: {count} passed, 0 failed")), "{text}");
+    assert!(
+        text.contains(&format!("cases: {count} passed, 0 failed")),
+        "{text}"
+    );
     assert!(!text.contains("FAIL "), "{text}");
 }
 
