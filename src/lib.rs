@@ -9,6 +9,7 @@
 pub mod action;
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -22,11 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use config::Config;
+use deliver::Deliverer;
 use metrics::Metrics;
 use script::reload::Reloader;
 use script::worker::Workers;
 use script::{Limits, PluginSet, Scripts, Settings};
-use store::{Intake, SqliteStore, Store, StoreError, Wakeup};
+use store::{Intake, Signals, SqliteStore, Store, StoreError};
 
 fn list_errors(errors: &[script::ScriptError]) -> String {
     errors
@@ -54,6 +56,8 @@ pub enum ServeError {
         "cannot watch scripts.dir {0} for changes ({1}); fix the folder or set scripts.hot_reload = false"
     )]
     Watch(String, notify_debouncer_mini::notify::Error),
+    #[error(transparent)]
+    Delivery(#[from] deliver::DeliveryError),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
@@ -80,21 +84,28 @@ pub async fn serve_with_store(
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
     let scripts = load_scripts(&config, &metrics)?;
-    let wakeup = Arc::new(Wakeup::default());
+    let signals = Signals::default();
     let (intake, writer) = Intake::start(
         Arc::clone(&store),
         metrics.intake.clone(),
         INTAKE_CAPACITY,
-        Arc::clone(&wakeup),
+        signals.clone(),
     )
     .map_err(ServeError::Thread)?;
+    let deliverer = Deliverer::start(
+        &config,
+        Arc::clone(&store),
+        intake.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&signals.actions),
+    )?;
     let workers = Workers::start(
         config.scripts.workers,
         store,
         intake.clone(),
         scripts.clone(),
         Arc::clone(&metrics),
-        wakeup,
+        signals.events,
     )
     .map_err(ServeError::Thread)?;
     let reloader = match config.scripts.hot_reload {
@@ -112,6 +123,7 @@ pub async fn serve_with_store(
         reloader.stop();
     }
     workers.stop();
+    deliverer.stop();
     // Every intake handle is gone now, so the writer drains what is queued and stops.
     writer.finish();
     served.map_err(ServeError::Http)

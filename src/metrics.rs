@@ -96,6 +96,19 @@ struct PluginLabels {
     outcome: &'static str,
 }
 
+/// Channels are the configured names (plus `email`, `platform`, `url`): a bounded set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    kind: &'static str,
+    channel: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
@@ -118,6 +131,9 @@ pub struct Metrics {
     events_processed: Counter,
     script_reloads: Family<OutcomeLabels, Counter>,
     script_plugins: Gauge,
+    actions: Family<ActionLabels, Counter>,
+    delivery_seconds: Family<KindLabels, Histogram, fn() -> Histogram>,
+    oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -195,6 +211,26 @@ impl Metrics {
             script_reloads.clone(),
         );
         registry.register("script_plugins", "Plugins loaded", script_plugins.clone());
+        let actions = Family::<ActionLabels, Counter>::default();
+        let delivery_seconds = Family::<KindLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.001, 2.0, 20))) as fn() -> Histogram,
+        );
+        let oldest_pending_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "actions",
+            "Actions by kind, channel and outcome (queued, sent, retried, dead)",
+            actions.clone(),
+        );
+        registry.register(
+            "delivery_duration_seconds",
+            "Time from an action being queued to its delivery",
+            delivery_seconds.clone(),
+        );
+        registry.register(
+            "oldest_pending_action_seconds",
+            "Age of the oldest action not yet delivered (0 when none)",
+            oldest_pending_seconds.clone(),
+        );
         Metrics {
             registry,
             received,
@@ -208,7 +244,30 @@ impl Metrics {
             events_processed,
             script_reloads,
             script_plugins,
+            actions,
+            delivery_seconds,
+            oldest_pending_seconds,
         }
+    }
+
+    pub fn action(&self, kind: &'static str, channel: &str, outcome: &'static str) {
+        let labels = ActionLabels {
+            kind,
+            channel: channel.to_owned(),
+            outcome,
+        };
+        self.actions.get_or_create(&labels).inc();
+    }
+
+    pub fn action_delivered(&self, kind: &'static str, waited: std::time::Duration) {
+        self.delivery_seconds
+            .get_or_create(&KindLabels { kind })
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn oldest_pending_action(&self, age_millis: Option<i64>) {
+        self.oldest_pending_seconds
+            .set(age_millis.unwrap_or(0) as f64 / 1000.0);
     }
 
     pub fn script_run(&self, plugin: &str, ok: bool, duration: std::time::Duration) {

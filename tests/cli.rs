@@ -151,8 +151,14 @@ fn check_refuses_sections_of_features_not_built_yet() {
         ("[platform]\napp_id = \"app\"\n", "platform.app_id"),
         ("[server.tls]\ncert = \"cert.pem\"\n", "server.tls"),
         ("[server.auth]\ntoken = \"t\"\n", "server.auth"),
-        ("[email]\ntransport = \"file\"\n", "email"),
-        ("[delivery]\nmax_attempts = 3\n", "delivery"),
+        (
+            "[server]\nmetrics_listen = \"127.0.0.1:9090\"\n",
+            "server.metrics_listen",
+        ),
+        (
+            "[platform]\nbase_url = \"https://x:8743\"\n",
+            "platform.base_url",
+        ),
     ] {
         let (_, output) = check(text);
         assert_exit(&output, 1);

@@ -14,8 +14,8 @@ use notirouter::config::Config;
 use notirouter::model::state::{StateChanges, StateError, StateView};
 use notirouter::model::{EventId, Millis};
 use notirouter::store::{
-    Appended, EventDetail, EventFilter, EventOutcome, EventSummary, NewEvent, Pruned, RejectedBody,
-    SqliteStore, Store, StoreError, StoredEvent,
+    Appended, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome, EventSummary,
+    NewEvent, PendingAction, Pruned, RejectedBody, SqliteStore, Store, StoreError, StoredEvent,
 };
 use tokio::sync::oneshot;
 
@@ -98,6 +98,44 @@ impl Store for FaultyStore {
     ) -> Result<(), StoreError> {
         self.fail_if_full()?;
         self.inner.record_outcomes(outcomes, changes, now)
+    }
+
+    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+        self.inner.due_destinations(now)
+    }
+
+    fn due_actions(
+        &self,
+        destination: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<PendingAction>, StoreError> {
+        self.inner.due_actions(destination, now, limit)
+    }
+
+    fn pending_times(&self) -> Result<(Option<Millis>, Option<Millis>), StoreError> {
+        self.inner.pending_times()
+    }
+
+    fn record_deliveries(
+        &self,
+        updates: &[DeliveryUpdate],
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.fail_if_full()?;
+        self.inner.record_deliveries(updates, now)
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.inner.dead_letters()
+    }
+
+    fn requeue_dead(&self, id: Option<&str>) -> Result<usize, StoreError> {
+        self.inner.requeue_dead(id)
+    }
+
+    fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.drop_dead(id)
     }
 }
 

@@ -2,6 +2,7 @@
 //! failed) or an error, which `main` prints and turns into exit code 2 (the command could not
 //! run).
 
+mod dead;
 mod events;
 mod serve;
 mod test;
@@ -38,7 +39,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the receiver and the script workers.
+    /// Run the receiver, the script workers and delivery.
     Serve,
     /// Validate the configuration and compile every script.
     Check,
@@ -55,6 +56,11 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: events::EventsCommand,
+    },
+    /// The dead-letter queue.
+    Dead {
+        #[command(subcommand)]
+        command: dead::DeadCommand,
     },
 }
 
@@ -76,10 +82,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => test::events(&config, &events),
             }
         }
-        Command::Events { command } => {
-            let config = load(&cli.config)?;
-            events::run(&config, command)
-        }
+        Command::Events { command } => events::run(&load(&cli.config)?, command),
+        Command::Dead { command } => dead::run(&load(&cli.config)?, command),
     }
 }
 

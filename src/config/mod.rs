@@ -16,8 +16,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{ChannelKind, LogFormat, Validation};
-use raw::{RawChannel, RawConfig, RawPlatform, RawScripts, RawServer, RawStore};
+pub use raw::{ChannelKind, EmailTransport, LogFormat, Validation};
+use raw::{
+    RawChannel, RawConfig, RawDelivery, RawEmail, RawPlatform, RawScripts, RawServer, RawStore,
+};
 
 /// Paths the server answers itself; callback paths may not reuse them.
 const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -72,6 +74,29 @@ pub struct Config {
     pub vars: serde_json::Value,
     pub channels: BTreeMap<String, ChannelConfig>,
     pub platform: PlatformConfig,
+    pub email: EmailConfig,
+    pub delivery: DeliveryConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub transport: EmailTransport,
+    pub dir: PathBuf,
+    pub from: String,
+    /// Set for transport `smtp`.
+    pub smtp_url: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub retry_after_max: Duration,
+    pub timeout: Duration,
+    pub concurrency_per_destination: usize,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +219,8 @@ impl Config {
                 .map(|(name, channel)| Ok((name.clone(), channel_from_raw(&name, channel)?)))
                 .collect::<Result<_, ConfigError>>()?,
             platform: platform_from_raw(raw.platform),
+            email: email_from_raw(raw.email)?,
+            delivery: delivery_from_raw(raw.delivery)?,
         })
     }
 }
@@ -336,6 +363,74 @@ fn channel_from_raw(name: &str, raw: RawChannel) -> Result<ChannelConfig, Config
     })
 }
 
+fn email_from_raw(raw: RawEmail) -> Result<EmailConfig, ConfigError> {
+    if raw.from.parse::<lettre::message::Mailbox>().is_err() {
+        let message = format!(
+            "{:?} is not an email address such as \"notirouter@example.com\"",
+            raw.from
+        );
+        return Err(ConfigError::invalid("email.from", message));
+    }
+    let smtp_url = match (raw.transport, raw.smtp_url.is_empty()) {
+        (EmailTransport::Smtp, true) => {
+            let message = "transport \"smtp\" needs smtp_url, e.g. \"smtp://user:pass@host:587?tls=required\"";
+            return Err(ConfigError::invalid("email.smtp_url", message));
+        }
+        (EmailTransport::Smtp, false) => {
+            let valid = raw.smtp_url.starts_with("smtp://") || raw.smtp_url.starts_with("smtps://");
+            if !valid {
+                // The URL may hold a password: the message must not repeat it.
+                let message = "must start with smtp:// or smtps://";
+                return Err(ConfigError::invalid("email.smtp_url", message));
+            }
+            Some(Secret(raw.smtp_url))
+        }
+        (_, _) => None,
+    };
+    Ok(EmailConfig {
+        transport: raw.transport,
+        dir: raw.dir,
+        from: raw.from,
+        smtp_url,
+    })
+}
+
+fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
+    let at_least_one = [
+        ("delivery.max_attempts", raw.max_attempts as usize),
+        (
+            "delivery.concurrency_per_destination",
+            raw.concurrency_per_destination,
+        ),
+        ("delivery.breaker_failures", raw.breaker_failures as usize),
+    ];
+    if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+        return Err(ConfigError::invalid(key, "must be at least 1"));
+    }
+    if raw.timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "delivery.timeout",
+            "must be longer than zero",
+        ));
+    }
+    if raw.backoff_initial > raw.backoff_max {
+        return Err(ConfigError::invalid(
+            "delivery.backoff_initial",
+            "must not exceed delivery.backoff_max",
+        ));
+    }
+    Ok(DeliveryConfig {
+        max_attempts: raw.max_attempts,
+        backoff_initial: raw.backoff_initial,
+        backoff_max: raw.backoff_max,
+        retry_after_max: raw.retry_after_max,
+        timeout: raw.timeout,
+        concurrency_per_destination: raw.concurrency_per_destination,
+        breaker_failures: raw.breaker_failures,
+        breaker_cooldown: raw.breaker_cooldown,
+    })
+}
+
 fn platform_from_raw(raw: RawPlatform) -> PlatformConfig {
     PlatformConfig {
         enabled: raw.enabled,
@@ -460,7 +555,7 @@ mod tests {
             ),
             ("[server.tls]\ncert = \"c.pem\"", "server.tls"),
             ("[server]\ntrusted_proxies = []", "server.trusted_proxies"),
-            ("[email]\ntransport = \"file\"", "email"),
+            ("[server.auth]\ntoken = \"t\"", "server.auth"),
         ] {
             let error = parse(text).unwrap_err().to_string();
             let expected = "not supported in this version of notirouter; remove it from the config";

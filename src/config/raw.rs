@@ -77,8 +77,88 @@ pub(super) struct RawConfig {
     pub channels: BTreeMap<String, RawChannel>,
     #[serde(default)]
     pub platform: RawPlatform,
-    pub email: Option<toml::Value>,
-    pub delivery: Option<toml::Value>,
+    #[serde(default)]
+    pub email: RawEmail,
+    #[serde(default)]
+    pub delivery: RawDelivery,
+}
+
+/// How email actions leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTransport {
+    /// Through the SMTP server of `smtp_url`.
+    Smtp,
+    /// One `<idempotency key>.eml` per message in `dir`: for the default config and local use.
+    File,
+    /// A log line per message.
+    Log,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawEmail {
+    pub transport: EmailTransport,
+    /// For `file`: the folder of `.eml` files. Default `data/mail`.
+    pub dir: PathBuf,
+    /// The sender address. Default `notirouter@localhost`.
+    pub from: String,
+    /// For `smtp`: lettre's URL form, `smtp://user:pass@host:587?tls=required` (STARTTLS),
+    /// `smtps://...:465` (TLS) or `smtp://host:25` (plain). A secret: never logged.
+    pub smtp_url: String,
+}
+
+impl Default for RawEmail {
+    fn default() -> Self {
+        RawEmail {
+            transport: EmailTransport::File,
+            dir: PathBuf::from("data/mail"),
+            from: "notirouter@localhost".to_owned(),
+            smtp_url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDelivery {
+    /// Attempts before an action goes to the dead-letter queue. Default 20.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; it doubles per attempt (×U(0.8, 1.2)). Default 2 s.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest wait between attempts. Default 30 min.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// A `Retry-After` longer than this is cut to it. Default 1 h.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_max: Duration,
+    /// Per attempt. Too short for a slow receiver makes it get the same message twice (it
+    /// answered after we gave up); the idempotency key lets it notice. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Sends in flight to one destination. Default 8.
+    pub concurrency_per_destination: usize,
+    /// Consecutive failures that open a destination's circuit breaker. Default 5.
+    pub breaker_failures: u32,
+    /// How long an open breaker defers a destination's actions before one probe. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            max_attempts: 20,
+            backoff_initial: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(30 * 60),
+            retry_after_max: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            concurrency_per_destination: 8,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,8 +341,6 @@ impl RawConfig {
     pub fn unbuilt_keys(&self) -> Vec<&'static str> {
         let platform = &self.platform;
         [
-            ("email", self.email.is_some()),
-            ("delivery", self.delivery.is_some()),
             (
                 "server.trusted_proxies",
                 self.server.trusted_proxies.is_some(),

@@ -92,6 +92,13 @@ impl Millis {
     }
 }
 
+/// Serialised as RFC 3339, as every time a user reads.
+impl serde::Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
 impl From<SystemTime> for Millis {
     fn from(time: SystemTime) -> Millis {
         let millis = time

@@ -135,9 +135,18 @@ impl Worker {
             self.wakeup.wait(self.wakeup.generation(), IDLE_POLL);
             return cursor;
         }
+        let queued: Vec<(&'static str, String)> = outcomes
+            .iter()
+            .flat_map(|outcome| &outcome.actions)
+            .map(|action| (action.kind(), action.destination()))
+            .collect();
         match self.intake.record_outcomes_blocking(outcomes, changes) {
             Ok(count) => {
                 self.metrics.events_processed(count);
+                for (kind, destination) in &queued {
+                    self.metrics
+                        .action(kind, crate::deliver::channel_label(destination), "queued");
+                }
                 reached
             }
             Err(error) => {

@@ -15,7 +15,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Appended, EventOutcome, NewEvent, Pruned, RejectedBody, Store, StoreError, Wakeup};
+use super::{
+    Appended, DeliveryUpdate, EventOutcome, NewEvent, Pruned, RejectedBody, Store, StoreError,
+    Wakeup,
+};
 use crate::model::Millis;
 use crate::model::state::StateChanges;
 
@@ -63,6 +66,7 @@ enum Job {
     Probe(Reply<()>),
     Prune(Millis, Reply<Pruned>),
     Outcomes(Box<Outcomes>, Reply<usize>),
+    Deliveries(Vec<DeliveryUpdate>, Reply<()>),
 }
 
 /// A script worker's batch: outcomes and the state changes that go with them.
@@ -84,18 +88,18 @@ pub struct IntakeWriter {
 
 impl Intake {
     /// Starts the writer thread. `capacity` bounds the notifications waiting for a batch;
-    /// `wakeup` is notified whenever new events are committed.
+    /// `signals` tell the script and delivery stages that work was committed for them.
     pub fn start(
         store: Arc<dyn Store>,
         metrics: IntakeMetrics,
         capacity: usize,
-        wakeup: Arc<Wakeup>,
+        signals: Signals,
     ) -> std::io::Result<(Intake, IntakeWriter)> {
         let (jobs, queue) = mpsc::channel(capacity);
         let writer = Writer {
             store,
             metrics,
-            wakeup,
+            signals,
         };
         let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
@@ -148,6 +152,12 @@ impl Intake {
         answer.blocking_recv().map_err(|_| IntakeError::Stopped)?
     }
 
+    /// Records delivery results; returns once they are durable.
+    pub async fn record_deliveries(&self, updates: Vec<DeliveryUpdate>) -> Result<(), IntakeError> {
+        self.request(|reply| Job::Deliveries(updates, reply))
+            .await?
+    }
+
     async fn request<T>(
         &self,
         job: impl FnOnce(oneshot::Sender<T>) -> Job,
@@ -170,10 +180,19 @@ impl IntakeWriter {
     }
 }
 
+/// How the writer tells the other stages that it committed work for them.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// New events for the script workers (pushed ones, or `actionFailed`).
+    pub events: Arc<Wakeup>,
+    /// New or newly due actions for delivery.
+    pub actions: Arc<tokio::sync::Notify>,
+}
+
 struct Writer {
     store: Arc<dyn Store>,
     metrics: IntakeMetrics,
-    wakeup: Arc<Wakeup>,
+    signals: Signals,
 }
 
 impl Writer {
@@ -189,9 +208,9 @@ impl Writer {
             }
             self.metrics.queue_depth.set(queue.len() as i64);
             if batch.commit(&*self.store, &self.metrics) {
-                self.wakeup.notify();
+                self.signals.events.notify();
             }
-            batch.run_others(&*self.store);
+            batch.run_others(&*self.store, &self.signals);
         }
     }
 }
@@ -204,6 +223,8 @@ struct Batch {
     probes: Vec<Reply<()>>,
     prunes: Vec<(Millis, Reply<Pruned>)>,
     outcomes: Vec<(Box<Outcomes>, Reply<usize>)>,
+    deliveries: Vec<DeliveryUpdate>,
+    delivery_replies: Vec<Reply<()>>,
 }
 
 impl Batch {
@@ -217,6 +238,10 @@ impl Batch {
             Job::Probe(reply) => self.probes.push(reply),
             Job::Prune(before, reply) => self.prunes.push((before, reply)),
             Job::Outcomes(outcomes, reply) => self.outcomes.push((outcomes, reply)),
+            Job::Deliveries(updates, reply) => {
+                self.deliveries.extend(updates);
+                self.delivery_replies.push(reply);
+            }
         }
     }
 
@@ -256,12 +281,37 @@ impl Batch {
         }
     }
 
-    /// Probes, prunes and script outcomes, each in its own transaction.
-    fn run_others(self, store: &dyn Store) {
+    /// Script outcomes, delivery results (all of the batch's in one transaction), probes and
+    /// prunes.
+    fn run_others(self, store: &dyn Store, signals: &Signals) {
         let failed = |e| IntakeError::Store(Arc::new(e));
         for (batch, reply) in self.outcomes {
             let recorded = store.record_outcomes(&batch.outcomes, &batch.changes, Millis::now());
+            if recorded.is_ok() && batch.outcomes.iter().any(|o| !o.actions.is_empty()) {
+                signals.actions.notify_one();
+            }
             let _ = reply.send(recorded.map(|()| batch.outcomes.len()).map_err(failed));
+        }
+        if !self.deliveries.is_empty() {
+            let recorded = store.record_deliveries(&self.deliveries, Millis::now());
+            if let Ok(raised) = &recorded {
+                if *raised > 0 {
+                    signals.events.notify();
+                }
+                if self
+                    .deliveries
+                    .iter()
+                    .any(|u| matches!(u, DeliveryUpdate::Recovered { .. }))
+                {
+                    signals.actions.notify_one();
+                }
+            }
+            let recorded = recorded
+                .map(drop)
+                .map_err(|e| IntakeError::Store(Arc::new(e)));
+            for reply in self.delivery_replies {
+                let _ = reply.send(recorded.clone());
+            }
         }
         for reply in self.probes {
             let _ = reply.send(store.probe().map_err(failed));

@@ -16,7 +16,7 @@ use crate::model::state::{StateChanges, StateView};
 use crate::model::{EventId, EventStatus, Millis};
 use crate::notification::Problem;
 
-pub use intake::{Intake, IntakeError, IntakeMetrics, IntakeWriter};
+pub use intake::{Intake, IntakeError, IntakeMetrics, IntakeWriter, Signals};
 pub use sqlite::SqliteStore;
 pub use wakeup::Wakeup;
 
@@ -168,6 +168,67 @@ pub struct ActionRecord {
     pub sent_at: Option<String>,
     pub replayed_from: Option<String>,
     pub action: serde_json::Value,
+    pub attempt_log: Vec<Attempt>,
+}
+
+/// An action waiting to be sent, as delivery reads it.
+#[derive(Debug, Clone)]
+pub struct PendingAction {
+    pub id: String,
+    pub event_id: String,
+    pub destination: String,
+    pub action: Action,
+    /// Fixed when the action was queued; the same on every attempt.
+    pub idempotency_key: String,
+    pub created_at: Millis,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// One attempt, as `events show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub at: Millis,
+    pub duration_ms: u64,
+    /// `sent`, `retry` or `dead`.
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// What delivery learned, recorded by the store in one transaction per batch.
+#[derive(Debug, Clone)]
+pub enum DeliveryUpdate {
+    Sent {
+        id: String,
+        attempt: Attempt,
+        result: Option<String>,
+    },
+    Retry {
+        id: String,
+        attempt: Attempt,
+        due_at: Millis,
+    },
+    /// Given up: the action is dead-lettered and, unless it was queued while handling an
+    /// `actionFailed`, an `actionFailed` event is stored for the scripts.
+    Dead { id: String, attempt: Attempt },
+    /// The destination's breaker is open: its pending actions wait until `until`, and the wait
+    /// does not count as an attempt.
+    Deferred { destination: String, until: Millis },
+    /// A probe got through: the destination's pending actions are due at once.
+    Recovered { destination: String },
+}
+
+/// One dead letter, for `dead list` (JSON keys are SPEC.md's).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub event_id: String,
+    pub kind: String,
+    pub destination: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: String,
 }
 
 /// What one pruning pass removed.
@@ -216,4 +277,35 @@ pub trait Store: StateView + Send + Sync + 'static {
         changes: &StateChanges,
         now: Millis,
     ) -> Result<(), StoreError>;
+
+    /// Destinations with actions due at `now`.
+    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError>;
+
+    /// Up to `limit` actions of `destination` due at `now`, the longest due first.
+    fn due_actions(
+        &self,
+        destination: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<PendingAction>, StoreError>;
+
+    /// When the next pending action falls due, and when the oldest pending one was queued.
+    fn pending_times(&self) -> Result<(Option<Millis>, Option<Millis>), StoreError>;
+
+    /// Records delivery results in one durable transaction; returns how many `actionFailed`
+    /// events were stored.
+    fn record_deliveries(
+        &self,
+        updates: &[DeliveryUpdate],
+        now: Millis,
+    ) -> Result<usize, StoreError>;
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Makes dead letters pending again, due now, with a fresh attempt count: one by id, or
+    /// all. Returns how many.
+    fn requeue_dead(&self, id: Option<&str>) -> Result<usize, StoreError>;
+
+    /// Drops a dead letter (kept as `dropped` for the event's story). False if there is none.
+    fn drop_dead(&self, id: &str) -> Result<bool, StoreError>;
 }

@@ -6,6 +6,7 @@
 //! which write rarely), and a reader for everything else, so that listing events or reading
 //! script state never waits behind a group commit. The files below hold the queries by stage.
 
+mod delivery;
 mod intake;
 mod outcomes;
 mod queries;
@@ -19,8 +20,8 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use ulid::{Generator, Ulid};
 
 use super::{
-    Appended, EventDetail, EventFilter, EventOutcome, EventSummary, NewEvent, Pruned, RejectedBody,
-    Store, StoreError, StoredEvent,
+    Appended, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome, EventSummary,
+    NewEvent, PendingAction, Pruned, RejectedBody, Store, StoreError, StoredEvent,
 };
 use crate::config::StoreConfig;
 use crate::model::state::StateChanges;
@@ -171,5 +172,42 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         self.write_outcomes(outcomes, changes, now)
+    }
+
+    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+        self.read_due_destinations(now)
+    }
+
+    fn due_actions(
+        &self,
+        destination: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<PendingAction>, StoreError> {
+        self.read_due_actions(destination, now, limit)
+    }
+
+    fn pending_times(&self) -> Result<(Option<Millis>, Option<Millis>), StoreError> {
+        self.read_pending_times()
+    }
+
+    fn record_deliveries(
+        &self,
+        updates: &[DeliveryUpdate],
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.write_deliveries(updates, now)
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read_dead_letters()
+    }
+
+    fn requeue_dead(&self, id: Option<&str>) -> Result<usize, StoreError> {
+        self.write_requeue(id)
+    }
+
+    fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
+        self.write_drop(id)
     }
 }

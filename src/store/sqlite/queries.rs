@@ -82,7 +82,7 @@ impl SqliteStore {
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(database("reading plugin runs"))?;
-        let actions = reader
+        let mut actions = reader
             .prepare_cached(
                 "SELECT id, plugin, kind, destination, status, attempts, last_error, result,
                  created_at, sent_at, replayed_from, payload FROM actions WHERE event_id = ?1
@@ -94,6 +94,9 @@ impl SqliteStore {
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(database("reading actions"))?;
+        for action in &mut actions {
+            action.attempt_log = super::delivery::attempts_of(&reader, &action.id)?;
+        }
         Ok(Some(EventDetail {
             summary: summary.into_summary()?,
             path,
@@ -136,6 +139,7 @@ fn action_record(row: &Row<'_>) -> rusqlite::Result<ActionRecord> {
         sent_at: time(9)?,
         replayed_from: row.get(10)?,
         action: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        attempt_log: Vec::new(),
     })
 }
 

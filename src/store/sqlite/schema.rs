@@ -84,6 +84,19 @@ const MIGRATIONS: &[&str] = &[
         window_start INTEGER NOT NULL,
         PRIMARY KEY (device_id, target_version)
     );",
+    // 3: delivery: per-destination due actions, and every attempt of every action.
+    "CREATE INDEX actions_due_by_destination ON actions (destination, due_at)
+        WHERE status = 'pending';
+    CREATE INDEX actions_dead ON actions (created_at) WHERE status = 'dead';
+    CREATE TABLE action_attempts (
+        action_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX action_attempts_by_action ON action_attempts (action_id);",
 ];
 
 /// Brings the schema up to date.

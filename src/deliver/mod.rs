@@ -1,0 +1,376 @@
+//! Delivery: actions queued by the scripts reach people, at least once.
+//!
+//! A scheduler on its own tokio runtime wakes when actions are queued (or at the earliest due
+//! time, at most a second later), and for each destination with due actions takes as many as
+//! its concurrency limit and circuit breaker allow. Each send is a task; its result is recorded
+//! through the store's writer (sent, retry at a time, or dead) before the action leaves the
+//! in-flight set, so an action is never sent twice by one process, and an action in flight at a
+//! crash is still `pending` and is sent again, with the same idempotency key, on restart.
+//! Destinations are independent: a slow or broken one holds only its own slots.
+
+mod breaker;
+mod email;
+mod payload;
+mod retry;
+mod send;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, DeliveryConfig};
+use crate::metrics::Metrics;
+use crate::model::Millis;
+use crate::store::{Attempt, DeliveryUpdate, Intake, PendingAction, Store, StoreError};
+use breaker::{Admission, Breaker, Change};
+pub use email::MailerError;
+use retry::{Backoff, Verdict};
+use send::Sender;
+
+/// The longest the scheduler sleeps: retries fall due, and CLI commands re-queue dead letters,
+/// without anyone waking it.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+/// Actions queued for the platform wait for the platform client.
+const PLATFORM: &str = "platform";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Mailer(#[from] MailerError),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("cannot start delivery: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The running delivery stage; [`Deliverer::stop`] lets in-flight sends finish.
+pub struct Deliverer {
+    stop: watch::Sender<bool>,
+    thread: JoinHandle<()>,
+}
+
+struct Scheduler {
+    store: Arc<dyn Store>,
+    intake: Intake,
+    sender: Sender,
+    metrics: Arc<Metrics>,
+    queued: Arc<Notify>,
+    backoff: Backoff,
+    policy: DeliveryConfig,
+    destinations: Mutex<HashMap<String, Destination>>,
+}
+
+/// What the scheduler knows of one destination.
+struct Destination {
+    breaker: Breaker,
+    in_flight: HashSet<String>,
+}
+
+impl Deliverer {
+    /// Starts delivery; `queued` is notified by the store writer when actions become due.
+    pub fn start(
+        config: &Config,
+        store: Arc<dyn Store>,
+        intake: Intake,
+        metrics: Arc<Metrics>,
+        queued: Arc<Notify>,
+    ) -> Result<Deliverer, DeliveryError> {
+        let policy = config.delivery.clone();
+        let mailer = email::Mailer::new(&config.email, policy.timeout)?;
+        let sender = Sender::new(config.channels.clone(), mailer, policy.timeout)?;
+        let backoff = Backoff {
+            initial: policy.backoff_initial,
+            max: policy.backoff_max,
+            retry_after_max: policy.retry_after_max,
+        };
+        let scheduler = Arc::new(Scheduler {
+            store,
+            intake,
+            sender,
+            metrics,
+            queued,
+            backoff,
+            policy,
+            destinations: Mutex::new(HashMap::new()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("deliver")
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("deliver-scheduler".to_owned())
+            .spawn(move || runtime.block_on(scheduler.run(stopped)))?;
+        Ok(Deliverer { stop, thread })
+    }
+
+    /// Stops taking new actions, waits for the sends in flight (each bounded by
+    /// `delivery.timeout`) and leaves everything else pending.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        if self.thread.join().is_err() {
+            tracing::error!("the delivery scheduler panicked; pending actions resume on restart");
+        }
+    }
+}
+
+impl Scheduler {
+    async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        let mut sends = JoinSet::new();
+        loop {
+            let idle = match self.round(&mut sends).await {
+                Ok(idle) => idle,
+                Err(error) => {
+                    tracing::error!(%error, "delivery cannot read the store; retrying");
+                    MAX_IDLE
+                }
+            };
+            tokio::select! {
+                _ = stopped.changed() => break,
+                _ = self.queued.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+                Some(_) = sends.join_next(), if !sends.is_empty() => {}
+            }
+        }
+        while sends.join_next().await.is_some() {}
+    }
+
+    /// Starts every send that may go now; returns how long to sleep until the next is due.
+    async fn round(self: &Arc<Self>, sends: &mut JoinSet<()>) -> Result<Duration, StoreError> {
+        let now = Millis::now();
+        for destination in self
+            .blocking(move |store| store.due_destinations(now))
+            .await?
+        {
+            if destination == PLATFORM {
+                continue;
+            }
+            let Some(take) = self.admit(&destination, now) else {
+                continue;
+            };
+            let in_flight = self.in_flight(&destination);
+            let limit = take + in_flight.len();
+            let key = destination.clone();
+            let due = self
+                .blocking(move |store| store.due_actions(&key, now, limit))
+                .await?;
+            for pending in due
+                .into_iter()
+                .filter(|a| !in_flight.contains(&a.id))
+                .take(take)
+            {
+                self.mark_in_flight(&destination, &pending.id);
+                sends.spawn(Arc::clone(self).deliver(pending));
+            }
+        }
+        let (next_due, oldest) = self.blocking(|store| store.pending_times()).await?;
+        self.metrics
+            .oldest_pending_action(oldest.map(|queued| now.0.saturating_sub(queued.0)));
+        let until_due = next_due.map_or(MAX_IDLE, |due| {
+            Duration::from_millis(due.0.saturating_sub(Millis::now().0).max(0) as u64)
+        });
+        Ok(until_due.clamp(Duration::from_millis(5), MAX_IDLE))
+    }
+
+    /// How many actions of `destination` may start now: its free slots, one probe, or none
+    /// while its breaker is open (then its due actions are deferred, not attempted).
+    fn admit(&self, destination: &str, now: Millis) -> Option<usize> {
+        let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let state = destinations
+            .entry(destination.to_owned())
+            .or_insert_with(|| Destination {
+                breaker: Breaker::new(self.policy.breaker_failures, self.policy.breaker_cooldown),
+                in_flight: HashSet::new(),
+            });
+        let free = self
+            .policy
+            .concurrency_per_destination
+            .saturating_sub(state.in_flight.len());
+        if free == 0 {
+            return None;
+        }
+        match state.breaker.admit(Instant::now()) {
+            Admission::Go => Some(free),
+            Admission::Probe => Some(1),
+            Admission::Wait { until } => {
+                let update = DeliveryUpdate::Deferred {
+                    destination: destination.to_owned(),
+                    until: at(now, until),
+                };
+                let intake = self.intake.clone();
+                tokio::spawn(async move { intake.record_deliveries(vec![update]).await });
+                None
+            }
+        }
+    }
+
+    fn in_flight(&self, destination: &str) -> HashSet<String> {
+        let destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        destinations
+            .get(destination)
+            .map(|state| state.in_flight.clone())
+            .unwrap_or_default()
+    }
+
+    fn mark_in_flight(&self, destination: &str, id: &str) {
+        let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = destinations.get_mut(destination) {
+            state.in_flight.insert(id.to_owned());
+        }
+    }
+
+    /// Sends one action, records the result, then frees its slot.
+    async fn deliver(self: Arc<Self>, pending: PendingAction) {
+        let started = Instant::now();
+        let at_start = Millis::now();
+        let guard = self.policy.timeout + Duration::from_secs(1);
+        let verdict = tokio::time::timeout(guard, self.sender.send(&pending))
+            .await
+            .unwrap_or_else(|_| Verdict::Retry {
+                reason: "timed out".to_owned(),
+                after: None,
+            });
+        let mut updates =
+            vec![self.update_for(&pending, verdict.clone(), at_start, started.elapsed())];
+        let change = self.record_on_breaker(&pending.destination, &verdict);
+        match change {
+            Change::Opened { until } => updates.push(DeliveryUpdate::Deferred {
+                destination: pending.destination.clone(),
+                until: at(Millis::now(), until),
+            }),
+            Change::Recovered => {
+                tracing::info!(destination = %pending.destination, "destination recovered");
+                updates.push(DeliveryUpdate::Recovered {
+                    destination: pending.destination.clone(),
+                });
+            }
+            Change::None => {}
+        }
+        if let Err(error) = self.intake.record_deliveries(updates).await {
+            tracing::error!(%error, action_id = %pending.id, "cannot record a delivery; it will be sent again");
+        }
+        self.metrics_for(&pending, &verdict);
+        let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = destinations.get_mut(&pending.destination) {
+            state.in_flight.remove(&pending.id);
+        }
+    }
+
+    fn record_on_breaker(&self, destination: &str, verdict: &Verdict) -> Change {
+        let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = destinations.get_mut(destination) else {
+            return Change::None;
+        };
+        // A refusal (4xx) is an answer: the destination is up, only the message is wrong.
+        let answered = !matches!(verdict, Verdict::Retry { .. });
+        state.breaker.record(answered, Instant::now())
+    }
+
+    fn update_for(
+        &self,
+        pending: &PendingAction,
+        verdict: Verdict,
+        at: Millis,
+        took: Duration,
+    ) -> DeliveryUpdate {
+        let number = pending.attempts + 1;
+        let attempt = |outcome: &str, error: Option<String>| Attempt {
+            number,
+            at,
+            duration_ms: took.as_millis() as u64,
+            outcome: outcome.to_owned(),
+            error,
+        };
+        let id = pending.id.clone();
+        match verdict {
+            Verdict::Sent { result } => DeliveryUpdate::Sent {
+                id,
+                attempt: attempt("sent", None),
+                result,
+            },
+            Verdict::Retry { reason, .. } if number >= self.policy.max_attempts => {
+                let reason = format!("gave up after {number} attempts: {reason}");
+                tracing::error!(action_id = %pending.id, destination = %pending.destination, error = %reason, "action dead-lettered");
+                DeliveryUpdate::Dead {
+                    id,
+                    attempt: attempt("dead", Some(reason)),
+                }
+            }
+            Verdict::Retry { reason, after } => {
+                let wait = self.backoff.wait(number, after);
+                tracing::warn!(action_id = %pending.id, destination = %pending.destination, error = %reason, retry_in_ms = wait.as_millis() as u64, "delivery failed, retrying");
+                let due_at = Millis(Millis::now().0.saturating_add(wait.as_millis() as i64));
+                DeliveryUpdate::Retry {
+                    id,
+                    attempt: attempt("retry", Some(reason)),
+                    due_at,
+                }
+            }
+            Verdict::Dead { reason } => {
+                tracing::error!(action_id = %pending.id, destination = %pending.destination, error = %reason, "action dead-lettered");
+                DeliveryUpdate::Dead {
+                    id,
+                    attempt: attempt("dead", Some(reason)),
+                }
+            }
+        }
+    }
+
+    fn metrics_for(&self, pending: &PendingAction, verdict: &Verdict) {
+        let kind = pending.action.kind();
+        let channel = channel_label(&pending.destination);
+        let outcome = match verdict {
+            Verdict::Sent { .. } => {
+                let waited = Millis::now().0.saturating_sub(pending.created_at.0).max(0);
+                self.metrics
+                    .action_delivered(kind, Duration::from_millis(waited as u64));
+                "sent"
+            }
+            Verdict::Retry { .. } if pending.attempts + 1 >= self.policy.max_attempts => "dead",
+            Verdict::Retry { .. } => "retried",
+            Verdict::Dead { .. } => "dead",
+        };
+        self.metrics.action(kind, channel, outcome);
+    }
+
+    /// Runs a store read off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || read(&*store))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Damaged("a store read panicked".to_owned())))
+    }
+}
+
+/// Writes `dir/name` through a temporary file and a rename, so that a crash never leaves half
+/// a message and a resend replaces the first copy.
+async fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(dir).await?;
+    let temporary = dir.join(format!(".{name}.tmp"));
+    tokio::fs::write(&temporary, bytes).await?;
+    tokio::fs::rename(&temporary, dir.join(name)).await
+}
+
+/// The wall-clock time of a monotonic instant.
+fn at(now: Millis, instant: Instant) -> Millis {
+    let ahead = instant.saturating_duration_since(Instant::now());
+    Millis(now.0.saturating_add(ahead.as_millis() as i64))
+}
+
+/// The bounded label of a destination: the channel's name, `email`, `platform`, or `url` for
+/// webhooks to a script's own URL.
+pub fn channel_label(destination: &str) -> &str {
+    match destination.split_once(':') {
+        Some(("channel", name)) => name,
+        Some(("url", _)) => "url",
+        _ => destination,
+    }
+}

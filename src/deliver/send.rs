@@ -1,0 +1,208 @@
+//! Sending one action: email through the mailer; chat and webhooks as HTTP POSTs with the
+//! body their service documents; `log` channels as a log line and a file. Every send returns a
+//! [`Verdict`]; nothing here retries or records.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use super::email::Mailer;
+use super::payload::{chat_body, dingtalk_url, feishu_sign, webhook_signature};
+use super::retry::{Verdict, classify_http};
+use crate::action::{ActionSpec, Chat, Webhook};
+use crate::config::{ChannelConfig, ChannelKind};
+use crate::store::PendingAction;
+
+/// How much of an error answer is kept in `last_error`.
+const ERROR_EXCERPT: usize = 200;
+
+pub struct Sender {
+    client: reqwest::Client,
+    channels: BTreeMap<String, ChannelConfig>,
+    mailer: Mailer,
+    /// Where `log` channels write their messages.
+    chat_dir: PathBuf,
+}
+
+impl Sender {
+    pub fn new(
+        channels: BTreeMap<String, ChannelConfig>,
+        mailer: Mailer,
+        timeout: Duration,
+    ) -> reqwest::Result<Sender> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("notirouter/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Sender {
+            client,
+            channels,
+            mailer,
+            chat_dir: PathBuf::from("data/chat"),
+        })
+    }
+
+    pub async fn send(&self, pending: &PendingAction) -> Verdict {
+        match &pending.action.spec {
+            ActionSpec::Email(email) => {
+                self.mailer
+                    .send(email, &pending.idempotency_key, pending.created_at)
+                    .await
+            }
+            ActionSpec::Chat(chat) => self.chat(chat, pending).await,
+            ActionSpec::Webhook(webhook) => self.webhook(webhook, pending).await,
+            ActionSpec::Platform(_) => Verdict::Retry {
+                reason: "platform actions are sent by the platform client".to_owned(),
+                after: None,
+            },
+        }
+    }
+
+    fn channel(&self, name: &str) -> Result<&ChannelConfig, Verdict> {
+        self.channels.get(name).ok_or_else(|| Verdict::Dead {
+            reason: format!("channel {name:?} is no longer configured"),
+        })
+    }
+
+    async fn chat(&self, chat: &Chat, pending: &PendingAction) -> Verdict {
+        let channel = match self.channel(&chat.channel) {
+            Ok(channel) => channel,
+            Err(verdict) => return verdict,
+        };
+        let mut body = chat_body(channel.kind, chat);
+        let Some(url) = &channel.url else {
+            return self
+                .log_chat(&chat.channel, &body, &pending.idempotency_key)
+                .await;
+        };
+        let now = crate::model::Millis::now();
+        let url = match (channel.kind, &channel.secret) {
+            (ChannelKind::Dingtalk, Some(secret)) => {
+                match dingtalk_url(url.expose(), secret.expose(), now.0) {
+                    Ok(signed) => signed.to_string(),
+                    Err(reason) => return Verdict::Dead { reason },
+                }
+            }
+            (ChannelKind::Feishu, Some(secret)) => {
+                feishu_sign(&mut body, secret.expose(), now.0.div_euclid(1000));
+                url.expose().to_owned()
+            }
+            _ => url.expose().to_owned(),
+        };
+        let bytes = serde_json::to_vec(&body).expect("a JSON value serialises");
+        self.post(&url, bytes, HeaderMap::new(), &channel.headers)
+            .await
+    }
+
+    async fn webhook(&self, webhook: &Webhook, pending: &PendingAction) -> Verdict {
+        let (url, secret, extra) = match (&webhook.channel, &webhook.url) {
+            (Some(name), _) => match self.channel(name) {
+                Ok(ChannelConfig {
+                    url: Some(url),
+                    secret,
+                    headers,
+                    ..
+                }) => (
+                    url.expose().to_owned(),
+                    secret.as_ref().map(|s| s.expose().to_owned()),
+                    headers.clone(),
+                ),
+                Ok(_) => {
+                    return Verdict::Dead {
+                        reason: format!("channel {name:?} has no url"),
+                    };
+                }
+                Err(verdict) => return verdict,
+            },
+            (None, Some(url)) => (url.clone(), None, BTreeMap::new()),
+            (None, None) => {
+                return Verdict::Dead {
+                    reason: "the webhook names no channel or url".to_owned(),
+                };
+            }
+        };
+        let body = serde_json::to_vec(&webhook.payload).expect("a JSON value serialises");
+        let key = &pending.idempotency_key;
+        // Fixed at queue time, so every attempt carries the same id, timestamp and signature.
+        let timestamp = pending.created_at.0.div_euclid(1000);
+        let mut headers = HeaderMap::new();
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        };
+        set("webhook-id", key.clone());
+        set("webhook-timestamp", timestamp.to_string());
+        set("idempotency-key", key.clone());
+        if let Some(secret) = secret {
+            set(
+                "webhook-signature",
+                webhook_signature(&secret, key, timestamp, &body),
+            );
+        }
+        self.post(&url, body, headers, &extra).await
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        mut headers: HeaderMap,
+        extra: &BTreeMap<String, String>,
+    ) -> Verdict {
+        for (name, value) in extra {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    headers.insert(name, value);
+                }
+                _ => {
+                    return Verdict::Dead {
+                        reason: format!("header {name:?} is not a valid HTTP header"),
+                    };
+                }
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let sent = self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            // Without the URL: chat webhook URLs carry their token.
+            Err(error) => {
+                return Verdict::Retry {
+                    reason: format!("{}", error.without_url()),
+                    after: None,
+                };
+            }
+        };
+        let (status, headers) = (response.status(), response.headers().clone());
+        let text = response.text().await.unwrap_or_default();
+        let excerpt: String = text.chars().take(ERROR_EXCERPT).collect();
+        classify_http(status, &headers, excerpt.trim())
+    }
+
+    /// A `log` channel: a log line, and the message as `data/chat/<key>.json`.
+    async fn log_chat(&self, channel: &str, body: &Value, key: &str) -> Verdict {
+        tracing::info!(%channel, message = %body, "chat message (log channel)");
+        let bytes = serde_json::to_vec_pretty(body).expect("a JSON value serialises");
+        let name = format!("{key}.json");
+        match super::write_atomically(&self.chat_dir, &name, &bytes).await {
+            Ok(()) => Verdict::Sent { result: None },
+            Err(error) => Verdict::Retry {
+                reason: format!("cannot write to {}: {error}", self.chat_dir.display()),
+                after: None,
+            },
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Delivery's reads and writes: due actions per destination, attempt records, dead letters and
+//! the `actionFailed` events they raise.
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde_json::json;
+
+use super::{SqliteStore, begin, database};
+use crate::action::Action;
+use crate::model::Millis;
+use crate::notification::canonical_hash;
+use crate::store::{Attempt, DeadLetter, DeliveryUpdate, PendingAction, StoreError};
+
+impl SqliteStore {
+    pub(super) fn read_due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+        let reader = self.reader();
+        reader
+            .prepare_cached(
+                "SELECT DISTINCT destination FROM actions WHERE status = 'pending' AND due_at <= ?1",
+            )
+            .and_then(|mut statement| statement.query_map([now.0], |row| row.get(0))?.collect())
+            .map_err(database("finding due destinations"))
+    }
+
+    pub(super) fn read_due_actions(
+        &self,
+        destination: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<PendingAction>, StoreError> {
+        let reader = self.reader();
+        let rows: Vec<PendingRow> = reader
+            .prepare_cached(
+                "SELECT id, event_id, destination, payload, idempotency_key, created_at, attempts
+                 FROM actions WHERE status = 'pending' AND destination = ?1 AND due_at <= ?2
+                 ORDER BY due_at LIMIT ?3",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map(params![destination, now.0, limit as i64], pending_row)?
+                    .collect()
+            })
+            .map_err(database("reading due actions"))?;
+        rows.into_iter().map(PendingRow::into_action).collect()
+    }
+
+    pub(super) fn read_pending_times(
+        &self,
+    ) -> Result<(Option<Millis>, Option<Millis>), StoreError> {
+        let reader = self.reader();
+        reader
+            .query_row(
+                "SELECT min(due_at), min(created_at) FROM actions WHERE status = 'pending'",
+                [],
+                |row| {
+                    Ok((
+                        row.get::<_, Option<i64>>(0)?.map(Millis),
+                        row.get::<_, Option<i64>>(1)?.map(Millis),
+                    ))
+                },
+            )
+            .map_err(database("reading pending actions"))
+    }
+
+    pub(super) fn write_deliveries(
+        &self,
+        updates: &[DeliveryUpdate],
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let mut writer = self.writer();
+        let transaction = begin(&mut writer)?;
+        let mut raised = 0;
+        for update in updates {
+            match update {
+                DeliveryUpdate::Sent {
+                    id,
+                    attempt,
+                    result,
+                } => {
+                    transaction
+                        .execute(
+                            "UPDATE actions SET status = 'sent', attempts = ?2, sent_at = ?3, result = ?4,
+                             last_error = NULL WHERE id = ?1",
+                            params![id, attempt.number, attempt.at.0, result],
+                        )
+                        .map_err(database("recording a sent action"))?;
+                    insert_attempt(&transaction, id, attempt)?;
+                }
+                DeliveryUpdate::Retry {
+                    id,
+                    attempt,
+                    due_at,
+                } => {
+                    transaction
+                        .execute(
+                            "UPDATE actions SET attempts = ?2, due_at = ?3, last_error = ?4 WHERE id = ?1",
+                            params![id, attempt.number, due_at.0, attempt.error],
+                        )
+                        .map_err(database("scheduling a retry"))?;
+                    insert_attempt(&transaction, id, attempt)?;
+                }
+                DeliveryUpdate::Dead { id, attempt } => {
+                    transaction
+                        .execute(
+                            "UPDATE actions SET status = 'dead', attempts = ?2, last_error = ?3 WHERE id = ?1",
+                            params![id, attempt.number, attempt.error],
+                        )
+                        .map_err(database("dead-lettering an action"))?;
+                    insert_attempt(&transaction, id, attempt)?;
+                    raised +=
+                        usize::from(self.raise_action_failed(&transaction, id, attempt, now)?);
+                }
+                DeliveryUpdate::Deferred { destination, until } => {
+                    transaction
+                        .execute(
+                            "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1
+                             AND due_at < ?2",
+                            params![destination, until.0],
+                        )
+                        .map_err(database("deferring a destination"))?;
+                }
+                DeliveryUpdate::Recovered { destination } => {
+                    transaction
+                        .execute(
+                            "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1",
+                            params![destination, now.0],
+                        )
+                        .map_err(database("releasing a destination"))?;
+                }
+            }
+        }
+        transaction
+            .commit()
+            .map_err(database("committing delivery results"))?;
+        Ok(raised)
+    }
+
+    /// Stores `{"notifyType":"actionFailed", ...}` for the scripts, unless the action was itself
+    /// queued while handling one (which would loop).
+    fn raise_action_failed(
+        &self,
+        transaction: &Transaction<'_>,
+        id: &str,
+        attempt: &Attempt,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let found: Option<(String, String, String)> = transaction
+            .query_row(
+                "SELECT a.event_id, a.payload, e.source FROM actions a JOIN events e ON e.id = a.event_id
+                 WHERE a.id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(database("reading a dead action"))?;
+        let Some((event_id, payload, source)) = found else {
+            return Ok(false);
+        };
+        if source == "internal" {
+            return Ok(false);
+        }
+        let action: serde_json::Value =
+            serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
+        let body = json!({
+            "notifyType": "actionFailed",
+            "action": action,
+            "error": attempt.error,
+            "attempts": attempt.number,
+            "eventId": event_id,
+            "actionId": id,
+        });
+        let bytes = serde_json::to_vec(&body).expect("a JSON value serialises");
+        transaction
+            .execute(
+                "INSERT INTO events (id, received_at, path, remote_addr, notify_type, device_id, body,
+                 body_hash, warnings, source) VALUES (?1, ?2, '', NULL, 'actionFailed', NULL, ?3, ?4, '[]', 'internal')",
+                params![self.next_id().to_string(), now.0, bytes, &canonical_hash(&body)[..]],
+            )
+            .map_err(database("raising actionFailed"))?;
+        Ok(true)
+    }
+
+    pub(super) fn read_dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let reader = self.reader();
+        reader
+            .prepare_cached(
+                "SELECT id, event_id, kind, destination, attempts, last_error, created_at FROM actions
+                 WHERE status = 'dead' ORDER BY created_at, id",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| {
+                        Ok(DeadLetter {
+                            id: row.get(0)?,
+                            event_id: row.get(1)?,
+                            kind: row.get(2)?,
+                            destination: row.get(3)?,
+                            attempts: row.get(4)?,
+                            last_error: row.get(5)?,
+                            created_at: Millis(row.get(6)?).to_rfc3339(),
+                        })
+                    })?
+                    .collect()
+            })
+            .map_err(database("listing dead letters"))
+    }
+
+    pub(super) fn write_requeue(&self, id: Option<&str>) -> Result<usize, StoreError> {
+        let mut writer = self.writer();
+        let transaction = begin(&mut writer)?;
+        let requeued = transaction
+            .execute(
+                "UPDATE actions SET status = 'pending', attempts = 0, due_at = ?2
+                 WHERE status = 'dead' AND (?1 IS NULL OR id = ?1)",
+                params![id, Millis::now().0],
+            )
+            .map_err(database("re-queueing dead letters"))?;
+        transaction
+            .commit()
+            .map_err(database("committing a re-queue"))?;
+        Ok(requeued)
+    }
+
+    pub(super) fn write_drop(&self, id: &str) -> Result<bool, StoreError> {
+        let mut writer = self.writer();
+        let transaction = begin(&mut writer)?;
+        let dropped = transaction
+            .execute(
+                "UPDATE actions SET status = 'dropped' WHERE status = 'dead' AND id = ?1",
+                [id],
+            )
+            .map_err(database("dropping a dead letter"))?;
+        transaction
+            .commit()
+            .map_err(database("committing a drop"))?;
+        Ok(dropped == 1)
+    }
+}
+
+/// A due action as read, before its payload is parsed.
+struct PendingRow {
+    id: String,
+    event_id: String,
+    destination: String,
+    payload: String,
+    idempotency_key: String,
+    created_at: i64,
+    attempts: u32,
+}
+
+fn pending_row(row: &Row<'_>) -> rusqlite::Result<PendingRow> {
+    Ok(PendingRow {
+        id: row.get(0)?,
+        event_id: row.get(1)?,
+        destination: row.get(2)?,
+        payload: row.get(3)?,
+        idempotency_key: row.get(4)?,
+        created_at: row.get(5)?,
+        attempts: row.get(6)?,
+    })
+}
+
+impl PendingRow {
+    fn into_action(self) -> Result<PendingAction, StoreError> {
+        let action: Action = serde_json::from_str(&self.payload).map_err(|e| {
+            StoreError::Damaged(format!("action {} has an unreadable payload: {e}", self.id))
+        })?;
+        Ok(PendingAction {
+            id: self.id,
+            event_id: self.event_id,
+            destination: self.destination,
+            action,
+            idempotency_key: self.idempotency_key,
+            created_at: Millis(self.created_at),
+            attempts: self.attempts,
+        })
+    }
+}
+
+fn insert_attempt(
+    transaction: &Transaction<'_>,
+    id: &str,
+    attempt: &Attempt,
+) -> Result<(), StoreError> {
+    transaction
+        .prepare_cached(
+            "INSERT INTO action_attempts (action_id, attempt, at, duration_ms, outcome, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                id,
+                attempt.number,
+                attempt.at.0,
+                attempt.duration_ms as i64,
+                attempt.outcome,
+                attempt.error
+            ])
+        })
+        .map_err(database("recording an attempt"))?;
+    Ok(())
+}
+
+/// The attempts of one action, oldest first.
+pub(super) fn attempts_of(
+    connection: &rusqlite::Connection,
+    id: &str,
+) -> Result<Vec<Attempt>, StoreError> {
+    connection
+        .prepare_cached(
+            "SELECT attempt, at, duration_ms, outcome, error FROM action_attempts WHERE action_id = ?1
+             ORDER BY attempt, at",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map([id], |row| {
+                    Ok(Attempt {
+                        number: row.get(0)?,
+                        at: Millis(row.get(1)?),
+                        duration_ms: row.get::<_, i64>(2)? as u64,
+                        outcome: row.get(3)?,
+                        error: row.get(4)?,
+                    })
+                })?
+                .collect()
+        })
+        .map_err(database("reading attempts"))
+}
