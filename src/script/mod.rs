@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::config::{ChannelKind, Config};
 
+pub use input::EventParts;
 pub use plugins::{EventInput, EventRun, PluginOutcome, PluginSet, plugin_files};
 
 /// The limits every run is held to.
