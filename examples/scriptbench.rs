@@ -36,7 +36,7 @@ struct Args {
 }
 
 fn body(index: usize) -> Vec<u8> {
-    let failed = index % 10 == 0;
+    let failed = index.is_multiple_of(10);
     serde_json::json!({
         "notifyType": "swUpgradeResultNotify",
         "deviceId": format!("dev-{index:08}"),
