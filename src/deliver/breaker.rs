@@ -71,8 +71,16 @@ impl Breaker {
         }
     }
 
+    /// A probe that never reached the destination (its message could not be sent) tells
+    /// nothing: the next send is a probe again, at once.
+    pub fn forget_probe(&mut self, now: Instant) {
+        if self.state == State::Probing {
+            self.state = State::Open { until: now };
+        }
+    }
+
     /// Records a send's result. Only answers from the destination count; a failure of our own
-    /// (e.g. a message that cannot be built) must not be passed here.
+    /// (e.g. a message that cannot be built) goes to [`Breaker::forget_probe`] instead.
     pub fn record(&mut self, success: bool, now: Instant) -> Change {
         if success {
             let was_probing = self.state == State::Probing;

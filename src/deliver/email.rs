@@ -51,7 +51,7 @@ impl Mailer {
     pub async fn send(&self, email: &Email, key: &str, queued_at: Millis) -> Verdict {
         let message = match self.message(email, key, queued_at) {
             Ok(message) => message,
-            Err(reason) => return Verdict::Dead { reason },
+            Err(reason) => return Verdict::Unsendable { reason },
         };
         match &self.transport {
             Transport::Smtp(smtp) => match smtp.send(message).await {

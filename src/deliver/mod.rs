@@ -266,9 +266,16 @@ impl Scheduler {
         let Some(state) = destinations.get_mut(destination) else {
             return Change::None;
         };
-        // A refusal (4xx) is an answer: the destination is up, only the message is wrong.
-        let answered = !matches!(verdict, Verdict::Retry { .. });
-        state.breaker.record(answered, Instant::now())
+        let now = Instant::now();
+        match verdict {
+            // A refusal (4xx) is an answer: the destination is up, only the message is wrong.
+            Verdict::Sent { .. } | Verdict::Dead { .. } => state.breaker.record(true, now),
+            Verdict::Retry { .. } => state.breaker.record(false, now),
+            Verdict::Unsendable { .. } => {
+                state.breaker.forget_probe(now);
+                Change::None
+            }
+        }
     }
 
     fn update_for(
@@ -311,7 +318,7 @@ impl Scheduler {
                     due_at,
                 }
             }
-            Verdict::Dead { reason } => {
+            Verdict::Dead { reason } | Verdict::Unsendable { reason } => {
                 tracing::error!(action_id = %pending.id, destination = %pending.destination, error = %reason, "action dead-lettered");
                 DeliveryUpdate::Dead {
                     id,
@@ -333,7 +340,7 @@ impl Scheduler {
             }
             Verdict::Retry { .. } if pending.attempts + 1 >= self.policy.max_attempts => "dead",
             Verdict::Retry { .. } => "retried",
-            Verdict::Dead { .. } => "dead",
+            Verdict::Dead { .. } | Verdict::Unsendable { .. } => "dead",
         };
         self.metrics.action(kind, channel, outcome);
     }

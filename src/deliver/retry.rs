@@ -19,8 +19,12 @@ pub enum Verdict {
         reason: String,
         after: Option<Duration>,
     },
-    /// Cannot succeed by repeating it: straight to the dead-letter queue.
+    /// The destination refused it for good: straight to the dead-letter queue.
     Dead { reason: String },
+    /// It could not even be sent (an address or URL that cannot be used, a channel no longer
+    /// configured): dead-lettered like `Dead`, but the destination never saw it, so it says
+    /// nothing about the destination's health.
+    Unsendable { reason: String },
 }
 
 /// The HTTP answer classification shared by every HTTP channel: 2xx sent; 408, 429 and 5xx
@@ -124,7 +128,7 @@ mod tests {
             let kind = match verdict {
                 Verdict::Sent { .. } => "sent",
                 Verdict::Retry { .. } => "retry",
-                Verdict::Dead { .. } => "dead",
+                Verdict::Dead { .. } | Verdict::Unsendable { .. } => "dead",
             };
             assert_eq!(kind, expected, "{status}");
         }

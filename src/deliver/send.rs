@@ -62,7 +62,7 @@ impl Sender {
     }
 
     fn channel(&self, name: &str) -> Result<&ChannelConfig, Verdict> {
-        self.channels.get(name).ok_or_else(|| Verdict::Dead {
+        self.channels.get(name).ok_or_else(|| Verdict::Unsendable {
             reason: format!("channel {name:?} is no longer configured"),
         })
     }
@@ -83,7 +83,7 @@ impl Sender {
             (ChannelKind::Dingtalk, Some(secret)) => {
                 match dingtalk_url(url.expose(), secret.expose(), now.0) {
                     Ok(signed) => signed.to_string(),
-                    Err(reason) => return Verdict::Dead { reason },
+                    Err(reason) => return Verdict::Unsendable { reason },
                 }
             }
             (ChannelKind::Feishu, Some(secret)) => {
@@ -111,7 +111,7 @@ impl Sender {
                     headers.clone(),
                 ),
                 Ok(_) => {
-                    return Verdict::Dead {
+                    return Verdict::Unsendable {
                         reason: format!("channel {name:?} has no url"),
                     };
                 }
@@ -119,7 +119,7 @@ impl Sender {
             },
             (None, Some(url)) => (url.clone(), None, BTreeMap::new()),
             (None, None) => {
-                return Verdict::Dead {
+                return Verdict::Unsendable {
                     reason: "the webhook names no channel or url".to_owned(),
                 };
             }
@@ -162,7 +162,7 @@ impl Sender {
                     headers.insert(name, value);
                 }
                 _ => {
-                    return Verdict::Dead {
+                    return Verdict::Unsendable {
                         reason: format!("header {name:?} is not a valid HTTP header"),
                     };
                 }

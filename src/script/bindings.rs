@@ -214,7 +214,11 @@ fn webhook(target: &Dynamic, payload: &Dynamic) -> Outcome<()> {
                     "channel {target:?} is of kind {kind}, not webhook; use slack(channel, ...) for chat channels"
                 ));
             }
-            None if is_url => (None, Some(target)),
+            None if is_url => {
+                reqwest::Url::parse(&target)
+                    .map_err(|e| format!("{target:?} is not a valid URL: {e}"))?;
+                (None, Some(target))
+            }
             None => return Err(unknown_channel(&target, run)),
         };
         Ok(ActionSpec::Webhook(Webhook {

@@ -71,12 +71,10 @@ impl ModuleResolver for ConfinedResolver {
             .components()
             .all(|part| matches!(part, Component::Normal(_)));
         if !confined {
-            return Err(EvalAltResult::ErrorInModule(
-                path.to_owned(),
-                "modules can only be imported from inside scripts.dir".into(),
-                position,
-            )
-            .into());
+            let message = format!(
+                "cannot import {path:?}: modules can only be imported from inside scripts.dir"
+            );
+            return Err(EvalAltResult::ErrorRuntime(message.into(), position).into());
         }
         // Relative to scripts.dir, never to the importing file's folder.
         self.inner.resolve(engine, None, path, position)

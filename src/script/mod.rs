@@ -113,19 +113,47 @@ impl ScriptError {
         ScriptError::at(file, error.position(), error.err_type().to_string())
     }
 
-    /// Locates a run-time error in the plugin's own code. Limits stop a run wherever it is, so
-    /// their position is unknown (0:0).
+    /// Locates a run-time error: in the file of the innermost function it was raised in (a
+    /// plugin's, or a `lib/` module's), at its line and column. An error outside any function
+    /// is located in `file` when `file` was being evaluated (a plugin's top level); at run time
+    /// it comes from the driver or a limit, which stop a run wherever it is, so its position
+    /// is unknown (0:0).
     pub(crate) fn from_eval(
         file: &str,
         error: &EvalAltResult,
+        top_level: bool,
         max_run_time: Duration,
     ) -> ScriptError {
-        let inner = error.unwrap_inner();
-        let raised_in_plugin = matches!(error, EvalAltResult::ErrorInFunctionCall(..));
-        let position = if raised_in_plugin {
+        let mut inner = error;
+        let mut source = None;
+        let mut located = top_level;
+        loop {
+            match inner {
+                EvalAltResult::ErrorInFunctionCall(_, function_source, next, _) => {
+                    if !function_source.is_empty() {
+                        source = Some(function_source.to_string());
+                    }
+                    located = true;
+                    inner = next;
+                }
+                EvalAltResult::ErrorInModule(module, next, _) => {
+                    source = Some(module.to_string());
+                    located = true;
+                    inner = next;
+                }
+                _ => break,
+            }
+        }
+        let position = if located {
             inner.position()
         } else {
             Position::NONE
+        };
+        // A module's source is its import path ("lib/name"); name its file.
+        let file = match source {
+            Some(module) if !module.ends_with(".rhai") => format!("{module}.rhai"),
+            Some(source) => source,
+            None => file.to_owned(),
         };
         let message = match inner {
             EvalAltResult::ErrorTerminated(..) => {
@@ -157,7 +185,7 @@ impl ScriptError {
                 }
             }
         };
-        ScriptError::at(file, position, message)
+        ScriptError::at(&file, position, message)
     }
 }
 

@@ -36,6 +36,8 @@ pub struct PluginSet {
 #[derive(Clone)]
 struct Plugin {
     name: String,
+    /// The file's path, by which errors are located.
+    label: String,
     source: String,
     module: Arc<Module>,
     takes_meta: bool,
@@ -157,11 +159,13 @@ impl PluginSet {
                     .and_then(|set| set.plugin(&name))
                     .filter(|p| p.source == source)
             };
+            // Located by file name: every plugin is directly in scripts.dir.
+            let label = name.clone();
             let loaded = std::fs::read_to_string(&path)
-                .map_err(|error| ScriptError::file(&name, format!("cannot read: {error}")))
+                .map_err(|error| ScriptError::file(&label, format!("cannot read: {error}")))
                 .and_then(|source| match unchanged(&source) {
                     Some(plugin) => Ok(plugin.clone()),
-                    None => compile(&engine, &name, source),
+                    None => compile(&engine, &name, &label, source),
                 });
             match loaded {
                 Ok(plugin) => plugins.push(plugin),
@@ -246,9 +250,9 @@ impl PluginSet {
                 changes.rollback(checkpoint);
                 return Err(failure);
             }
-            let error = evaluated
-                .err()
-                .map(|error| ScriptError::from_eval(&plugin.name, &error, self.max_run_time));
+            let error = evaluated.err().map(|error| {
+                ScriptError::from_eval(&plugin.label, &error, false, self.max_run_time)
+            });
             let actions = if error.is_some() {
                 changes.rollback(checkpoint);
                 0
@@ -283,12 +287,18 @@ fn module_name(index: usize) -> String {
     format!("plugin{index}")
 }
 
-/// Compiles a plugin and runs its top level once.
-fn compile(engine: &Engine, name: &str, source: String) -> Result<Plugin, ScriptError> {
+/// Compiles a plugin and runs its top level once. Errors are located by `label`, the file's
+/// path.
+fn compile(
+    engine: &Engine,
+    name: &str,
+    label: &str,
+    source: String,
+) -> Result<Plugin, ScriptError> {
     let mut ast = engine
         .compile(&source)
-        .map_err(|error| ScriptError::from_parse(name, &error))?;
-    ast.set_source(name);
+        .map_err(|error| ScriptError::from_parse(label, &error))?;
+    ast.set_source(label);
     let arities: Vec<usize> = ast
         .iter_functions()
         .filter(|function| function.name == "on_notification")
@@ -299,15 +309,16 @@ fn compile(engine: &Engine, name: &str, source: String) -> Result<Plugin, Script
         [2] | [1, 2] | [2, 1] => true,
         _ => {
             return Err(ScriptError::file(
-                name,
+                label,
                 "defines no on_notification(n) or on_notification(n, meta); a plugin must define one".into(),
             ));
         }
     };
     let module = Module::eval_ast_as_new(Scope::new(), &ast, engine)
-        .map_err(|error| ScriptError::from_eval(name, &error, Duration::ZERO))?;
+        .map_err(|error| ScriptError::from_eval(label, &error, true, Duration::ZERO))?;
     Ok(Plugin {
         name: name.to_owned(),
+        label: label.to_owned(),
         source,
         module: module.into(),
         takes_meta,

@@ -92,10 +92,15 @@ impl Reload {
             .names()
             .any(|name| !set.names().any(|kept| kept == name))
         {
-            // Give an editor's unlink-then-create time to finish before calling it a delete.
-            match changes.recv_timeout(DELETE_GRACE) {
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return false,
+            // Give an editor's unlink-then-create time to finish before calling it a delete:
+            // the whole grace, however many changes arrive meanwhile.
+            let deadline = Instant::now() + DELETE_GRACE;
+            loop {
+                match changes.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(_) => continue,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return false,
+                }
             }
             (set, errors) = PluginSet::load(
                 &self.dir,

@@ -670,3 +670,76 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         value.split_whitespace().next()?.parse().ok()
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Script helpers (tests/scripts.rs, tests/hot_reload.rs): plugin folders with sub-folders, one
+// event's outcome, and the Action JSON of its actions.
+// ---------------------------------------------------------------------------------------------
+
+impl TestServer {
+    /// As [`TestServer::start_with_plugins`], but a file name may name a sub-folder of the
+    /// scripts folder (`lib/format.rhai`), which is created.
+    pub fn start_with_script_files(extra_toml: &str, files: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("a temporary folder can be created");
+        write_script_files(&dir.path().join("scripts"), files);
+        TestServer::start_in(dir, extra_toml, &[])
+    }
+
+    /// The folder the server runs in, holding its config and store.
+    pub fn folder(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The scripts folder the harness configures (unless the test set `scripts.dir`).
+    pub fn scripts_dir(&self) -> PathBuf {
+        self.dir.path().join("scripts")
+    }
+
+    /// POSTs `body` to [`RECEIVER`], asserts `accepted` and returns the event id.
+    pub fn post_accepted(&self, body: &Value) -> String {
+        self.post_json(RECEIVER, &body.to_string()).accepted().0
+    }
+
+    /// `events show ID --json`.
+    pub fn event_detail(&self, id: &str) -> Value {
+        let output = self.cli(&["events", "show", id, "--json"]);
+        assert_exit(&output, 0);
+        serde_json::from_str(&stdout(&output))
+            .unwrap_or_else(|e| panic!("events show --json is JSON ({e}): {}", stdout(&output)))
+    }
+
+    /// Waits until event `id` is no longer `pending` and returns `events show ID --json`.
+    pub fn wait_for_outcome(&self, id: &str) -> Value {
+        let mut detail = Value::Null;
+        let done = wait_until(SETTLE_TIMEOUT, || {
+            detail = self.event_detail(id);
+            detail["status"] != "pending"
+        });
+        assert!(
+            done,
+            "event {id} still pending after {SETTLE_TIMEOUT:?}; logs:\n{}",
+            self.logs()
+        );
+        detail
+    }
+}
+
+/// Writes `(relative path, text)` files under `dir`, creating folders as needed.
+pub fn write_script_files(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        let path = dir.join(name);
+        let parent = path.parent().expect("a script file has a folder");
+        std::fs::create_dir_all(parent).expect("the scripts folder can be created");
+        std::fs::write(&path, text).expect("a script file can be written");
+    }
+}
+
+/// The Action JSON (the `action` field) of each action in an `events show --json` answer.
+pub fn queued_actions(detail: &Value) -> Vec<Value> {
+    detail["actions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`actions` is an array: {detail}"))
+        .iter()
+        .map(|record| record["action"].clone())
+        .collect()
+}
