@@ -9,9 +9,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ulid::Ulid;
 
-/// An event's id: a ULID, so ids sort by arrival.
+/// An event's id: a ULID made of the time it was received and its place in the store's
+/// arrival order, so ids sort by arrival and the store finds an event by its id without an
+/// index of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventId(pub Ulid);
+
+impl EventId {
+    pub fn from_parts(received_at: Millis, seq: i64) -> EventId {
+        let millis = u64::try_from(received_at.0).unwrap_or(0);
+        EventId(Ulid::from_parts(millis, u128::from(seq.unsigned_abs())))
+    }
+
+    /// The arrival sequence number this id was made from.
+    pub fn seq(self) -> i64 {
+        i64::try_from(self.0.random() & u128::from(u64::MAX >> 1)).unwrap_or(0)
+    }
+}
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,6 +126,16 @@ impl From<SystemTime> for Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_carry_their_sequence_and_sort_by_arrival() {
+        let first = EventId::from_parts(Millis(1_700_000_000_000), 41);
+        let second = EventId::from_parts(Millis(1_700_000_000_000), 42);
+        let later = EventId::from_parts(Millis(1_700_000_000_001), 43);
+        assert_eq!(first.seq(), 41);
+        assert!(first < second && second < later);
+        assert_eq!(first.to_string().parse::<EventId>().unwrap().seq(), 41);
+    }
 
     #[test]
     fn ids_round_trip_and_bad_ids_are_explained() {

@@ -146,7 +146,7 @@ pub struct EventOutcome {
 }
 
 /// One plugin's run on one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PluginRecord {
     pub plugin: String,
     pub error: Option<String>,

@@ -4,9 +4,11 @@
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde_json::json;
 
+use super::dedup::hash64;
+use super::intake::next_seq;
 use super::{SqliteStore, begin, database};
 use crate::action::Action;
-use crate::model::Millis;
+use crate::model::{EventId, Millis};
 use crate::notification::canonical_hash;
 use crate::store::{Attempt, DeadLetter, DeliveryUpdate, PendingAction, StoreError};
 
@@ -143,19 +145,27 @@ impl SqliteStore {
         attempt: &Attempt,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let found: Option<(String, String, String)> = transaction
+        let found: Option<(String, String)> = transaction
             .query_row(
-                "SELECT a.event_id, a.payload, e.source FROM actions a JOIN events e ON e.id = a.event_id
-                 WHERE a.id = ?1",
+                "SELECT event_id, payload FROM actions WHERE id = ?1",
                 [id],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()
             .map_err(database("reading a dead action"))?;
-        let Some((event_id, payload, source)) = found else {
+        let Some((event_id, payload)) = found else {
             return Ok(false);
         };
-        if source == "internal" {
+        let event: EventId = event_id.parse().map_err(StoreError::Damaged)?;
+        let source: Option<String> = transaction
+            .query_row(
+                "SELECT source FROM events WHERE seq = ?1",
+                [event.seq()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(database("reading a dead action's event"))?;
+        if source.as_deref() != Some("http") {
             return Ok(false);
         }
         let action: serde_json::Value =
@@ -169,11 +179,21 @@ impl SqliteStore {
             "actionId": id,
         });
         let bytes = serde_json::to_vec(&body).expect("a JSON value serialises");
+        let hash = canonical_hash(&body);
+        let seq = next_seq(transaction)?;
         transaction
             .execute(
-                "INSERT INTO events (id, received_at, path, remote_addr, notify_type, device_id, body,
-                 body_hash, warnings, source) VALUES (?1, ?2, '', NULL, 'actionFailed', NULL, ?3, ?4, '[]', 'internal')",
-                params![self.next_id().to_string(), now.0, bytes, &canonical_hash(&body)[..]],
+                "INSERT INTO events (seq, id, received_at, path, remote_addr, notify_type, device_id,
+                 body, body_hash, hash64, warnings, source)
+                 VALUES (?1, ?2, ?3, '', NULL, 'actionFailed', NULL, ?4, ?5, ?6, '[]', 'internal')",
+                params![
+                    seq,
+                    EventId::from_parts(now, seq).to_string(),
+                    now.0,
+                    bytes,
+                    &hash[..],
+                    hash64(&hash)
+                ],
             )
             .map_err(database("raising actionFailed"))?;
         Ok(true)

@@ -1,11 +1,10 @@
 //! Writes of the receiving stage: appending a batch of notifications (with duplicate
 //! detection) and rejected bodies, and retention pruning.
 
-use std::collections::HashMap;
-
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::{SqliteStore, begin, database};
+use super::dedup::{DEDUP_MEMORY, DedupMemory, Recall, hash64};
+use super::{SqliteStore, begin, database, lock};
 use crate::model::{EventId, Millis};
 use crate::store::{Appended, NewEvent, Pruned, RejectedBody, StoreError};
 
@@ -16,52 +15,44 @@ impl SqliteStore {
         rejected: &[RejectedBody],
     ) -> Result<Vec<Appended>, StoreError> {
         let mut writer = self.writer();
-        let transaction = begin(&mut writer)?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut in_batch: HashMap<[u8; 32], EventId> = HashMap::new();
-        for event in events {
-            let first = match in_batch.get(&event.hash) {
-                Some(id) => Some(*id),
-                None => self.first_copy(&transaction, event)?,
-            };
-            let outcome = match first {
-                Some(id) => Appended::Duplicate(id),
-                None => {
-                    let id = EventId(self.next_id());
-                    insert_event(&transaction, id, event)?;
-                    in_batch.insert(event.hash, id);
-                    Appended::Accepted(id)
-                }
-            };
-            outcomes.push(outcome);
+        let mut loaded = lock(&self.dedup);
+        if loaded.is_none() {
+            *loaded = Some(load_memory(&writer, self.dedup_window)?);
         }
-        if !rejected.is_empty() {
-            self.keep_rejected(&transaction, rejected)?;
+        let memory = loaded
+            .as_mut()
+            .expect("the dedup memory was loaded just above");
+        let mut remembered = Vec::new();
+        let appended = (|| {
+            let transaction = begin(&mut writer)?;
+            let mut next_seq = next_seq(&transaction)?;
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                let hash = hash64(&event.hash);
+                let outcome = match first_copy(&transaction, memory, hash, event)? {
+                    Some(id) => Appended::Duplicate(id),
+                    None => {
+                        let seq = next_seq;
+                        next_seq += 1;
+                        let id = EventId::from_parts(event.received_at, seq);
+                        insert_event(&transaction, seq, id, hash, event)?;
+                        memory.remember(hash, seq, event.received_at);
+                        remembered.push((hash, seq));
+                        Appended::Accepted(id)
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            if !rejected.is_empty() {
+                self.keep_rejected(&transaction, rejected)?;
+            }
+            transaction.commit().map_err(database("committing"))?;
+            Ok(outcomes)
+        })();
+        if appended.is_err() {
+            memory.forget(&remembered);
         }
-        transaction.commit().map_err(database("committing"))?;
-        Ok(outcomes)
-    }
-
-    /// The id of the copy of `event` stored within the dedup window, if any. Duplicates are
-    /// never stored, so the newest stored copy is the first copy of the current window.
-    fn first_copy(
-        &self,
-        transaction: &Transaction<'_>,
-        event: &NewEvent,
-    ) -> Result<Option<EventId>, StoreError> {
-        let window_start = event.received_at.minus(self.dedup_window);
-        let mut statement = transaction
-            .prepare_cached(
-                "SELECT id FROM events WHERE body_hash = ?1 AND received_at > ?2
-                 ORDER BY received_at DESC LIMIT 1",
-            )
-            .map_err(database("looking for duplicates"))?;
-        let id: Option<String> = statement
-            .query_row(params![&event.hash[..], window_start.0], |row| row.get(0))
-            .optional()
-            .map_err(database("looking for duplicates"))?;
-        id.map(|id| id.parse().map_err(StoreError::Damaged))
-            .transpose()
+        appended
     }
 
     /// Inserts rejected bodies and drops the oldest beyond `rejected_max_count`.
@@ -105,31 +96,33 @@ impl SqliteStore {
     pub(super) fn prune_before(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError> {
         let mut writer = self.writer();
         let transaction = begin(&mut writer)?;
-        let ids: Vec<String> = {
+        let ids: Vec<(i64, String)> = {
             let mut statement = transaction
                 .prepare_cached(
-                    "SELECT id FROM events WHERE received_at < ?1 AND status != 'pending'
+                    "SELECT seq, id FROM events WHERE received_at < ?1 AND status != 'pending'
                      AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.event_id = events.id
                                      AND a.status IN ('pending', 'in_flight', 'dead'))
                      LIMIT ?2",
                 )
                 .map_err(database("finding prunable events"))?;
             let rows = statement
-                .query_map(params![before.0, limit as i64], |row| row.get(0))
+                .query_map(params![before.0, limit as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
                 .map_err(database("finding prunable events"))?;
             rows.collect::<Result<_, _>>()
                 .map_err(database("finding prunable events"))?
         };
-        for id in &ids {
-            for table in [
-                "DELETE FROM actions WHERE event_id = ?1",
-                "DELETE FROM plugin_runs WHERE event_id = ?1",
-                "DELETE FROM events WHERE id = ?1",
-            ] {
-                transaction
-                    .execute(table, [id])
-                    .map_err(database("pruning an event"))?;
-            }
+        for (seq, id) in &ids {
+            transaction
+                .execute(
+                    "DELETE FROM action_attempts WHERE action_id IN
+                     (SELECT id FROM actions WHERE event_id = ?1)",
+                    [id],
+                )
+                .and_then(|_| transaction.execute("DELETE FROM actions WHERE event_id = ?1", [id]))
+                .and_then(|_| transaction.execute("DELETE FROM events WHERE seq = ?1", [seq]))
+                .map_err(database("pruning an event"))?;
         }
         let now = Millis::now().0;
         for expired in [
@@ -157,20 +150,92 @@ impl SqliteStore {
     }
 }
 
+/// The seq the next event gets; read inside the write transaction, so no other writer (a
+/// CLI command in another process) can take it meanwhile.
+pub(super) fn next_seq(transaction: &Transaction<'_>) -> Result<i64, StoreError> {
+    transaction
+        .query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |row| {
+            row.get(0)
+        })
+        .map_err(database("numbering events"))
+}
+
+/// Loads the hashes stored within the window, oldest first.
+fn load_memory(
+    connection: &rusqlite::Connection,
+    window: std::time::Duration,
+) -> Result<DedupMemory, StoreError> {
+    let mut memory = DedupMemory::new(window, DEDUP_MEMORY);
+    let window_start = Millis::now().minus(window);
+    let mut statement = connection
+        .prepare(
+            "SELECT seq, received_at, hash64 FROM events WHERE received_at > ?1
+             ORDER BY received_at, seq",
+        )
+        .map_err(database("loading recent hashes"))?;
+    let rows = statement
+        .query_map([window_start.0], |row| {
+            Ok((row.get(0)?, Millis(row.get(1)?), row.get(2)?))
+        })
+        .map_err(database("loading recent hashes"))?;
+    for row in rows {
+        let (seq, received_at, hash): (i64, Millis, i64) =
+            row.map_err(database("loading recent hashes"))?;
+        memory.remember(hash, seq, received_at);
+    }
+    Ok(memory)
+}
+
+/// The id of the copy of `event` stored within the dedup window, if any. Duplicates are never
+/// stored, so the newest stored copy is the first copy of the current window. Memory answers
+/// most lookups; the full hash is confirmed in the store.
+fn first_copy(
+    transaction: &Transaction<'_>,
+    memory: &mut DedupMemory,
+    hash: i64,
+    event: &NewEvent,
+) -> Result<Option<EventId>, StoreError> {
+    let (from, until, seq) = match memory.recall(hash, event.received_at) {
+        Recall::Unseen => return Ok(None),
+        Recall::Seen { seq } => (Millis(i64::MIN), Millis(i64::MAX), Some(seq)),
+        Recall::Unsure { from, until } => (from, until, None),
+    };
+    let found: Option<(i64, i64)> = transaction
+        .prepare_cached(
+            "SELECT seq, received_at FROM events
+             WHERE (?1 IS NULL OR seq = ?1) AND received_at > ?2 AND received_at <= ?3
+             AND hash64 = ?4 AND body_hash = ?5
+             ORDER BY received_at DESC LIMIT 1",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row(
+                    params![seq, from.0, until.0, hash, &event.hash[..]],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+        })
+        .map_err(database("looking for duplicates"))?;
+    Ok(found.map(|(seq, received_at)| EventId::from_parts(Millis(received_at), seq)))
+}
+
 fn insert_event(
     transaction: &Transaction<'_>,
+    seq: i64,
     id: EventId,
+    hash: i64,
     event: &NewEvent,
 ) -> Result<(), StoreError> {
     let warnings =
         serde_json::to_string(&event.warnings).expect("problems serialise to a JSON array");
     transaction
         .prepare_cached(
-            "INSERT INTO events (id, received_at, path, remote_addr, notify_type, device_id, body,
-             body_hash, warnings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO events (seq, id, received_at, path, remote_addr, notify_type, device_id,
+             body, body_hash, hash64, warnings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .and_then(|mut statement| {
             statement.execute(params![
+                seq,
                 id.to_string(),
                 event.received_at.0,
                 event.path,
@@ -179,6 +244,7 @@ fn insert_event(
                 event.device_id,
                 event.body,
                 &event.hash[..],
+                hash,
                 warnings,
             ])
         })

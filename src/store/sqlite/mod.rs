@@ -6,6 +6,7 @@
 //! which write rarely), and a reader for everything else, so that listing events or reading
 //! script state never waits behind a group commit. The files below hold the queries by stage.
 
+mod dedup;
 mod delivery;
 mod intake;
 mod outcomes;
@@ -33,8 +34,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
-    /// Monotonic within a millisecond, so ids assigned in one batch keep arrival order.
+    /// Action ids: monotonic within a millisecond.
     ids: Mutex<Generator>,
+    /// The writer's memory of recent hashes, loaded on the first append.
+    dedup: Mutex<Option<dedup::DedupMemory>>,
     dedup_window: Duration,
     rejected_max_count: u64,
 }
@@ -82,6 +85,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             ids: Mutex::new(Generator::new()),
+            dedup: Mutex::new(None),
             dedup_window: config.dedup_window,
             rejected_max_count: config.rejected_max_count,
         })

@@ -52,40 +52,33 @@ impl SqliteStore {
     }
 }
 
+/// Records the outcome and the plugin runs in one update; a replay keeps the event's status
+/// and appends its runs to the earlier ones.
 fn record_event_outcome(
     transaction: &Transaction<'_>,
     outcome: &EventOutcome,
     now: Millis,
 ) -> Result<(), StoreError> {
-    if outcome.replayed_from.is_none() {
-        transaction
+    let plugins = serde_json::to_string(&outcome.plugins).expect("plugin runs serialise");
+    let seq = outcome.event_id.seq();
+    let updated = match outcome.replayed_from {
+        None => transaction
             .prepare_cached(
-                "UPDATE events SET status = ?2, error = ?3, handled_at = ?4 WHERE id = ?1",
+                "UPDATE events SET status = ?2, error = ?3, handled_at = ?4, plugins = ?5
+                 WHERE seq = ?1",
             )
             .and_then(|mut statement| {
-                statement.execute(params![
-                    outcome.event_id.to_string(),
-                    outcome.status.as_str(),
-                    outcome.error,
-                    now.0
-                ])
-            })
-            .map_err(database("recording an event's outcome"))?;
-    }
-    let mut statement = transaction
-        .prepare_cached("INSERT INTO plugin_runs (event_id, ran_at, plugin, error, actions) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .map_err(database("recording plugin runs"))?;
-    for run in &outcome.plugins {
-        statement
-            .execute(params![
-                outcome.event_id.to_string(),
-                now.0,
-                run.plugin,
-                run.error,
-                run.actions as i64
-            ])
-            .map_err(database("recording plugin runs"))?;
-    }
+                statement.execute(params![seq, outcome.status.as_str(), outcome.error, now.0, plugins])
+            }),
+        Some(_) => transaction
+            .prepare_cached(
+                "UPDATE events SET plugins = (SELECT json_group_array(json(value)) FROM
+                 (SELECT value FROM json_each(events.plugins) UNION ALL SELECT value FROM json_each(?2)))
+                 WHERE seq = ?1",
+            )
+            .and_then(|mut statement| statement.execute(params![seq, plugins])),
+    };
+    updated.map_err(database("recording an event's outcome"))?;
     Ok(())
 }
 

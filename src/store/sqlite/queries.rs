@@ -4,9 +4,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{SqliteStore, database};
 use crate::model::{EventId, Millis};
-use crate::store::{
-    ActionRecord, EventDetail, EventFilter, EventSummary, PluginRecord, StoreError, StoredEvent,
-};
+use crate::store::{ActionRecord, EventDetail, EventFilter, EventSummary, StoreError, StoredEvent};
 
 const SUMMARY_COLUMNS: &str = "e.id, e.received_at, e.notify_type, e.device_id, e.status,
     e.warnings, (SELECT count(*) FROM actions a WHERE a.event_id = e.id), e.error";
@@ -45,43 +43,33 @@ impl SqliteStore {
         let reader = self.reader();
         let row = reader
             .prepare_cached(&format!(
-                "SELECT {SUMMARY_COLUMNS}, e.path, e.remote_addr, e.body FROM events e
-                 WHERE e.id = ?1"
+                "SELECT {SUMMARY_COLUMNS}, e.path, e.remote_addr, e.body, e.plugins FROM events e
+                 WHERE e.seq = ?1 AND e.id = ?2"
             ))
             .and_then(|mut statement| {
                 statement
-                    .query_row([id.to_string()], |row| {
+                    .query_row(params![id.seq(), id.to_string()], |row| {
+                        let body: Vec<u8> = row.get(10)?;
+                        let plugins: String = row.get(11)?;
                         Ok((
                             summary_columns(row)?,
                             row.get(8)?,
                             row.get(9)?,
-                            row.get::<_, Vec<u8>>(10)?,
+                            body,
+                            plugins,
                         ))
                     })
                     .optional()
             })
             .map_err(database("reading an event"))?;
-        let Some((summary, path, remote_addr, body)) = row else {
+        let Some((summary, path, remote_addr, body, plugins)) = row else {
             return Ok(None);
         };
         let body = String::from_utf8(body)
             .map_err(|_| StoreError::Damaged(format!("event {id} has a body that is not UTF-8")))?;
-        let plugin_runs = reader
-            .prepare_cached(
-                "SELECT plugin, error, actions FROM plugin_runs WHERE event_id = ?1 ORDER BY rowid",
-            )
-            .and_then(|mut statement| {
-                statement
-                    .query_map([id.to_string()], |row| {
-                        Ok(PluginRecord {
-                            plugin: row.get(0)?,
-                            error: row.get(1)?,
-                            actions: row.get::<_, i64>(2)? as usize,
-                        })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(database("reading plugin runs"))?;
+        let plugin_runs = serde_json::from_str(&plugins).map_err(|_| {
+            StoreError::Damaged(format!("event {id} has plugin runs that are not JSON"))
+        })?;
         let mut actions = reader
             .prepare_cached(
                 "SELECT id, plugin, kind, destination, status, attempts, last_error, result,
@@ -111,9 +99,13 @@ impl SqliteStore {
         let reader = self.reader();
         let row = reader
             .prepare_cached(&format!(
-                "SELECT {STORED_COLUMNS} FROM events WHERE id = ?1"
+                "SELECT {STORED_COLUMNS} FROM events WHERE seq = ?1 AND id = ?2"
             ))
-            .and_then(|mut statement| statement.query_row([id.to_string()], stored_row).optional())
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![id.seq(), id.to_string()], stored_row)
+                    .optional()
+            })
             .map_err(database("reading an event"))?;
         row.map(StoredRow::into_event).transpose()
     }
