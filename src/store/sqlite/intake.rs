@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::dedup::{DEDUP_MEMORY, DedupMemory, Recall, hash64};
+use super::dedup::{DedupMemory, Recall, hash64};
 use super::{SqliteStore, begin, database, lock};
 use crate::model::{EventId, Millis};
 use crate::store::{Appended, NewEvent, Pruned, RejectedBody, StoreError};
@@ -17,7 +17,11 @@ impl SqliteStore {
         let mut writer = self.writer();
         let mut loaded = lock(&self.dedup);
         if loaded.is_none() {
-            *loaded = Some(load_memory(&writer, self.dedup_window)?);
+            *loaded = Some(load_memory(
+                &writer,
+                self.dedup_window,
+                self.dedup_capacity,
+            )?);
         }
         let memory = loaded
             .as_mut()
@@ -164,8 +168,9 @@ pub(super) fn next_seq(transaction: &Transaction<'_>) -> Result<i64, StoreError>
 fn load_memory(
     connection: &rusqlite::Connection,
     window: std::time::Duration,
+    capacity: usize,
 ) -> Result<DedupMemory, StoreError> {
-    let mut memory = DedupMemory::new(window, DEDUP_MEMORY);
+    let mut memory = DedupMemory::new(window, capacity);
     let window_start = Millis::now().minus(window);
     let mut statement = connection
         .prepare(
@@ -250,4 +255,88 @@ fn insert_event(
         })
         .map_err(database("storing an event"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::Store;
+
+    fn store(dir: &Path, capacity: usize) -> SqliteStore {
+        let text = format!("[store]\npath = \"{}\"\n", dir.join("s.db").display());
+        let config = Config::parse(&text, Path::new("t.toml"), Vec::new()).unwrap();
+        let mut store = SqliteStore::open(&config.store).unwrap();
+        store.dedup_capacity = capacity;
+        store
+    }
+
+    fn event(device: &str) -> NewEvent {
+        let body = format!(r#"{{"notifyType":"deviceAdded","deviceId":"{device}"}}"#);
+        let parsed = crate::notification::parse(body.as_bytes()).unwrap();
+        NewEvent {
+            received_at: Millis::now(),
+            path: "/p".into(),
+            remote_addr: None,
+            notify_type: parsed.notify_type,
+            device_id: parsed.device_id,
+            body: body.into_bytes(),
+            hash: parsed.hash,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn accepted(appended: Appended) -> EventId {
+        match appended {
+            Appended::Accepted(id) => id,
+            Appended::Duplicate(id) => panic!("{id} should have been new"),
+        }
+    }
+
+    #[test]
+    fn duplicates_are_found_past_the_memory_bound_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = store(dir.path(), 2);
+        let batch = [event("a"), event("b"), event("c")];
+        let ids: Vec<EventId> = small
+            .append(&batch, &[])
+            .unwrap()
+            .into_iter()
+            .map(accepted)
+            .collect();
+        // "a" was forgotten for lack of room: the store answers for it.
+        let again = small
+            .append(&[event("a"), event("c"), event("d")], &[])
+            .unwrap();
+        assert_eq!(again[0], Appended::Duplicate(ids[0]));
+        assert_eq!(again[1], Appended::Duplicate(ids[2]));
+        assert!(matches!(again[2], Appended::Accepted(_)));
+        drop(small);
+        let restarted = store(dir.path(), 100);
+        let after = restarted.append(&[event("b")], &[]).unwrap();
+        assert_eq!(after[0], Appended::Duplicate(ids[1]));
+    }
+
+    #[test]
+    fn ids_follow_arrival_and_find_their_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let ids: Vec<EventId> = store
+            .append(&[event("x"), event("y")], &[])
+            .unwrap()
+            .into_iter()
+            .map(accepted)
+            .collect();
+        assert!(ids[0] < ids[1]);
+        assert_eq!(ids[1].seq(), ids[0].seq() + 1);
+        let found = store.event(ids[1]).unwrap().unwrap();
+        assert_eq!(found.summary.device_id.as_deref(), Some("y"));
+        let forged = EventId::from_parts(Millis(1), ids[1].seq());
+        assert!(
+            store.event(forged).unwrap().is_none(),
+            "the time part must match too"
+        );
+    }
 }

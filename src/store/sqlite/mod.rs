@@ -38,6 +38,7 @@ pub struct SqliteStore {
     ids: Mutex<Generator>,
     /// The writer's memory of recent hashes, loaded on the first append.
     dedup: Mutex<Option<dedup::DedupMemory>>,
+    dedup_capacity: usize,
     dedup_window: Duration,
     rejected_max_count: u64,
 }
@@ -86,6 +87,7 @@ impl SqliteStore {
             reader: Mutex::new(reader),
             ids: Mutex::new(Generator::new()),
             dedup: Mutex::new(None),
+            dedup_capacity: dedup::DEDUP_MEMORY,
             dedup_window: config.dedup_window,
             rejected_max_count: config.rejected_max_count,
         })
