@@ -273,15 +273,20 @@ mod tests {
 
     const MINUTE: Duration = Duration::from_secs(60);
 
+    /// The state as a run at t = 1,000 s sees it.
+    fn effective<'a>(committed: &'a Committed, changes: &'a mut StateChanges) -> Effective<'a> {
+        Effective {
+            committed,
+            changes,
+            now: Millis(1_000_000),
+        }
+    }
+
     #[test]
     fn seen_records_once_and_does_not_extend() {
         let committed = Committed::default();
         let mut changes = StateChanges::default();
-        let mut state = Effective {
-            committed: &committed,
-            changes: &mut changes,
-            now: Millis(1_000_000),
-        };
+        let mut state = effective(&committed, &mut changes);
         assert!(!state.seen("k", MINUTE).unwrap());
         assert!(state.seen("k", MINUTE).unwrap());
         state.now = Millis(1_000_000 + 61_000);
@@ -301,11 +306,7 @@ mod tests {
             .counters
             .insert("old".into(), (5, Millis(100_000)));
         let mut changes = StateChanges::default();
-        let mut state = Effective {
-            committed: &committed,
-            changes: &mut changes,
-            now: Millis(1_000_000),
-        };
+        let mut state = effective(&committed, &mut changes);
         assert_eq!(state.count("live", MINUTE).unwrap(), 6);
         assert_eq!(state.count("live", MINUTE).unwrap(), 7);
         assert_eq!(state.count("old", MINUTE).unwrap(), 1);
@@ -325,11 +326,7 @@ mod tests {
     fn rollback_undoes_only_what_came_after_the_checkpoint() {
         let committed = Committed::default();
         let mut changes = StateChanges::default();
-        let mut state = Effective {
-            committed: &committed,
-            changes: &mut changes,
-            now: Millis(1_000_000),
-        };
+        let mut state = effective(&committed, &mut changes);
         state.count("k", MINUTE).unwrap();
         let checkpoint = state.changes.checkpoint();
         state.count("k", MINUTE).unwrap();
@@ -344,11 +341,7 @@ mod tests {
     fn budgets_count_committed_and_pending_units() {
         let committed = Committed::default();
         let mut changes = StateChanges::default();
-        let mut state = Effective {
-            committed: &committed,
-            changes: &mut changes,
-            now: Millis(1_000_000),
-        };
+        let mut state = effective(&committed, &mut changes);
         assert_eq!(state.budget_used("d", "1.5", MINUTE).unwrap(), 2);
         state.take_budget("d", "1.5", MINUTE).unwrap();
         assert_eq!(state.budget_used("d", "1.5", MINUTE).unwrap(), 3);
