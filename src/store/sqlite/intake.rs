@@ -320,6 +320,57 @@ mod tests {
     }
 
     #[test]
+    fn pruning_removes_old_finished_events_only() {
+        use crate::model::EventStatus;
+        use crate::model::state::StateChanges;
+        use crate::store::{EventFilter, EventOutcome};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let long_ago = Millis::now().minus(std::time::Duration::from_secs(40 * 86_400));
+        let old = |device| NewEvent {
+            received_at: long_ago,
+            ..event(device)
+        };
+        let ids: Vec<EventId> = store
+            .append(&[old("handled"), old("pending"), event("recent")], &[])
+            .unwrap()
+            .into_iter()
+            .map(accepted)
+            .collect();
+        let handled = |id| EventOutcome {
+            event_id: id,
+            status: EventStatus::Handled,
+            error: None,
+            plugins: Vec::new(),
+            actions: Vec::new(),
+            replayed_from: None,
+        };
+        let outcomes = [handled(ids[0]), handled(ids[2])];
+        store
+            .record_outcomes(&outcomes, &StateChanges::default(), Millis::now())
+            .unwrap();
+
+        let cutoff = Millis::now().minus(std::time::Duration::from_secs(30 * 86_400));
+        let pruned = store.prune(cutoff, 100).unwrap();
+        assert_eq!(pruned.events, 1);
+        let left: Vec<String> = store
+            .list_events(&EventFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .filter_map(|event| event.device_id)
+            .collect();
+        assert_eq!(
+            left,
+            ["recent", "pending"],
+            "the old pending event is never pruned"
+        );
+    }
+
+    #[test]
     fn ids_follow_arrival_and_find_their_event() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path(), 10);
