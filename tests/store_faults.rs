@@ -113,8 +113,12 @@ impl Store for FaultyStore {
         self.inner.due_actions(destination, now, limit)
     }
 
-    fn pending_times(&self) -> Result<(Option<Millis>, Option<Millis>), StoreError> {
-        self.inner.pending_times()
+    fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.inner.next_due()
+    }
+
+    fn oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
+        self.inner.oldest_pending()
     }
 
     fn record_deliveries(

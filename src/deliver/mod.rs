@@ -120,61 +120,110 @@ impl Deliverer {
 }
 
 impl Scheduler {
+    /// A full round (every destination with due actions) runs when actions are queued and
+    /// when the next one falls due; a finished send only refills its own destination, so that
+    /// draining a large backlog costs one indexed read per send, not a scan of the backlog.
     async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
-        let mut sends = JoinSet::new();
+        let mut sends: JoinSet<String> = JoinSet::new();
+        let mut next_round = tokio::time::Instant::now();
+        let mut next_gauge = tokio::time::Instant::now();
         loop {
-            let idle = match self.round(&mut sends).await {
-                Ok(idle) => idle,
-                Err(error) => {
+            let now = tokio::time::Instant::now();
+            if now >= next_round {
+                let idle = self.round(&mut sends).await.unwrap_or_else(|error| {
                     tracing::error!(%error, "delivery cannot read the store; retrying");
                     MAX_IDLE
-                }
-            };
+                });
+                next_round = now + idle;
+            }
+            if now >= next_gauge {
+                self.measure_oldest_pending().await;
+                next_gauge = now + MAX_IDLE;
+            }
             tokio::select! {
                 _ = stopped.changed() => break,
-                _ = self.queued.notified() => {}
-                _ = tokio::time::sleep(idle) => {}
-                Some(_) = sends.join_next(), if !sends.is_empty() => {}
+                _ = self.queued.notified() => next_round = tokio::time::Instant::now(),
+                _ = tokio::time::sleep_until(next_round.min(next_gauge)) => {}
+                Some(done) = sends.join_next(), if !sends.is_empty() => {
+                    if let Ok(destination) = done
+                        && let Err(error) = self.fill(&destination, Millis::now(), &mut sends).await
+                    {
+                        tracing::error!(%error, "delivery cannot read the store; retrying");
+                    }
+                }
             }
         }
         while sends.join_next().await.is_some() {}
     }
 
     /// Starts every send that may go now; returns how long to sleep until the next is due.
-    async fn round(self: &Arc<Self>, sends: &mut JoinSet<()>) -> Result<Duration, StoreError> {
+    async fn round(self: &Arc<Self>, sends: &mut JoinSet<String>) -> Result<Duration, StoreError> {
         let now = Millis::now();
         for destination in self
             .blocking(move |store| store.due_destinations(now))
             .await?
         {
-            if destination == PLATFORM {
-                continue;
-            }
-            let Some(take) = self.admit(&destination, now) else {
-                continue;
-            };
-            let in_flight = self.in_flight(&destination);
-            let limit = take + in_flight.len();
-            let key = destination.clone();
-            let due = self
-                .blocking(move |store| store.due_actions(&key, now, limit))
-                .await?;
-            for pending in due
-                .into_iter()
-                .filter(|a| !in_flight.contains(&a.id))
-                .take(take)
-            {
-                self.mark_in_flight(&destination, &pending.id);
-                sends.spawn(Arc::clone(self).deliver(pending));
-            }
+            self.fill(&destination, now, sends).await?;
         }
-        let (next_due, oldest) = self.blocking(|store| store.pending_times()).await?;
-        self.metrics
-            .oldest_pending_action(oldest.map(|queued| now.0.saturating_sub(queued.0)));
+        let next_due = self.blocking(|store| store.next_due()).await?;
         let until_due = next_due.map_or(MAX_IDLE, |due| {
             Duration::from_millis(due.0.saturating_sub(Millis::now().0).max(0) as u64)
         });
         Ok(until_due.clamp(Duration::from_millis(5), MAX_IDLE))
+    }
+
+    /// Starts as many due actions of `destination` as its slots and breaker allow.
+    async fn fill(
+        self: &Arc<Self>,
+        destination: &str,
+        now: Millis,
+        sends: &mut JoinSet<String>,
+    ) -> Result<(), StoreError> {
+        if destination == PLATFORM {
+            return Ok(());
+        }
+        let Some(take) = self.admit(destination, now) else {
+            return Ok(());
+        };
+        let in_flight = self.in_flight(destination);
+        let limit = take + in_flight.len();
+        let key = destination.to_owned();
+        let due = self
+            .blocking(move |store| store.due_actions(&key, now, limit))
+            .await;
+        let mut started = 0;
+        for pending in due
+            .iter()
+            .flatten()
+            .filter(|a| !in_flight.contains(&a.id))
+            .take(take)
+        {
+            self.mark_in_flight(destination, &pending.id);
+            sends.spawn(Arc::clone(self).deliver(pending.clone()));
+            started += 1;
+        }
+        if started == 0 {
+            // A probe was granted but nothing went: keep it for the next action.
+            self.with_breaker(destination, |breaker| breaker.forget_probe(Instant::now()));
+        }
+        due.map(drop)
+    }
+
+    fn with_breaker(&self, destination: &str, act: impl FnOnce(&mut Breaker)) {
+        let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = destinations.get_mut(destination) {
+            act(&mut state.breaker);
+        }
+    }
+
+    async fn measure_oldest_pending(&self) {
+        match self.blocking(|store| store.oldest_pending()).await {
+            Ok(oldest) => {
+                let age = oldest.map(|queued| Millis::now().0.saturating_sub(queued.0));
+                self.metrics.oldest_pending_action(age);
+            }
+            Err(error) => tracing::warn!(%error, "cannot measure the oldest pending action"),
+        }
     }
 
     /// How many actions of `destination` may start now: its free slots, one probe, or none
@@ -224,8 +273,8 @@ impl Scheduler {
         }
     }
 
-    /// Sends one action, records the result, then frees its slot.
-    async fn deliver(self: Arc<Self>, pending: PendingAction) {
+    /// Sends one action, records the result, then frees its slot; returns its destination.
+    async fn deliver(self: Arc<Self>, pending: PendingAction) -> String {
         let started = Instant::now();
         let at_start = Millis::now();
         let guard = self.policy.timeout + Duration::from_secs(1);
@@ -259,6 +308,7 @@ impl Scheduler {
         if let Some(state) = destinations.get_mut(&pending.destination) {
             state.in_flight.remove(&pending.id);
         }
+        pending.destination
     }
 
     fn record_on_breaker(&self, destination: &str, verdict: &Verdict) -> Change {

@@ -289,8 +289,11 @@ pub trait Store: StateView + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<PendingAction>, StoreError>;
 
-    /// When the next pending action falls due, and when the oldest pending one was queued.
-    fn pending_times(&self) -> Result<(Option<Millis>, Option<Millis>), StoreError>;
+    /// When the next pending action falls due (cheap: called after every scheduling round).
+    fn next_due(&self) -> Result<Option<Millis>, StoreError>;
+
+    /// When the oldest pending action was queued (scans the pending actions: call it rarely).
+    fn oldest_pending(&self) -> Result<Option<Millis>, StoreError>;
 
     /// Records delivery results in one durable transaction; returns how many `actionFailed`
     /// events were stored.

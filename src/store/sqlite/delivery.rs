@@ -45,22 +45,25 @@ impl SqliteStore {
         rows.into_iter().map(PendingRow::into_action).collect()
     }
 
-    pub(super) fn read_pending_times(
-        &self,
-    ) -> Result<(Option<Millis>, Option<Millis>), StoreError> {
-        let reader = self.reader();
-        reader
+    /// Answered from the partial index on pending actions' due times.
+    pub(super) fn read_next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.reader()
             .query_row(
-                "SELECT min(due_at), min(created_at) FROM actions WHERE status = 'pending'",
+                "SELECT min(due_at) FROM actions WHERE status = 'pending'",
                 [],
-                |row| {
-                    Ok((
-                        row.get::<_, Option<i64>>(0)?.map(Millis),
-                        row.get::<_, Option<i64>>(1)?.map(Millis),
-                    ))
-                },
+                |row| Ok(row.get::<_, Option<i64>>(0)?.map(Millis)),
             )
-            .map_err(database("reading pending actions"))
+            .map_err(database("reading the next due action"))
+    }
+
+    pub(super) fn read_oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
+        self.reader()
+            .query_row(
+                "SELECT min(created_at) FROM actions WHERE status = 'pending'",
+                [],
+                |row| Ok(row.get::<_, Option<i64>>(0)?.map(Millis)),
+            )
+            .map_err(database("reading the oldest pending action"))
     }
 
     pub(super) fn write_deliveries(

@@ -193,8 +193,12 @@ impl Store for SqliteStore {
         self.read_due_actions(destination, now, limit)
     }
 
-    fn pending_times(&self) -> Result<(Option<Millis>, Option<Millis>), StoreError> {
-        self.read_pending_times()
+    fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.read_next_due()
+    }
+
+    fn oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
+        self.read_oldest_pending()
     }
 
     fn record_deliveries(
