@@ -166,9 +166,15 @@ impl Scheduler {
             self.fill(&destination, now, sends).await?;
         }
         let next_due = self.blocking(|store| store.next_due()).await?;
-        let until_due = next_due.map_or(MAX_IDLE, |due| {
-            Duration::from_millis(due.0.saturating_sub(Millis::now().0).max(0) as u64)
-        });
+        // Actions already due that this round could not start wait for a slot (a finished
+        // send refills its destination) or for their breaker (which defers them): neither needs
+        // another round before the timer.
+        let until_due = match next_due {
+            Some(due) if due > Millis::now() => {
+                Duration::from_millis(due.0.saturating_sub(Millis::now().0) as u64)
+            }
+            _ => MAX_IDLE,
+        };
         Ok(until_due.clamp(Duration::from_millis(5), MAX_IDLE))
     }
 
