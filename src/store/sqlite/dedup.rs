@@ -45,11 +45,14 @@ pub enum Recall {
 
 impl DedupMemory {
     pub fn new(window: Duration, capacity: usize) -> DedupMemory {
+        // Allocated whole up front: growing a map of hundreds of thousands of entries rehashes
+        // them all at once and stalls the writer (and every request waiting on it) for tens of
+        // milliseconds. Pages are only touched as entries arrive.
         DedupMemory {
             window,
             capacity,
-            seen: HashMap::new(),
-            order: VecDeque::new(),
+            seen: HashMap::with_capacity(capacity),
+            order: VecDeque::with_capacity(capacity),
             forgotten_until: None,
         }
     }

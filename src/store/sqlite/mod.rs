@@ -6,6 +6,7 @@
 //! which write rarely), and a reader for everything else, so that listing events or reading
 //! script state never waits behind a group commit. The files below hold the queries by stage.
 
+mod checkpoint;
 mod dedup;
 mod delivery;
 mod intake;
@@ -41,6 +42,8 @@ pub struct SqliteStore {
     dedup_capacity: usize,
     dedup_window: Duration,
     rejected_max_count: u64,
+    /// Set for the server's store: checkpoints run on their own thread.
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 fn database(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -64,7 +67,13 @@ impl SqliteStore {
                 source,
             })?;
         }
-        SqliteStore::open_with(config, OpenFlags::default())
+        let mut store = SqliteStore::open_with(config, OpenFlags::default())?;
+        store
+            .writer()
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(database("moving checkpoints off the writer"))?;
+        store.checkpointer = Some(checkpoint::Checkpointer::start(&config.path)?);
+        Ok(store)
     }
 
     /// Opens a store that must already exist, as the CLI does: a typo in `store.path` should
@@ -88,6 +97,7 @@ impl SqliteStore {
             ids: Mutex::new(Generator::new()),
             dedup: Mutex::new(None),
             dedup_capacity: dedup::DEDUP_MEMORY,
+            checkpointer: None,
             dedup_window: config.dedup_window,
             rejected_max_count: config.rejected_max_count,
         })
