@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use crate::model::Millis;
 
-/// Hashes remembered at most (about 40 bytes each); beyond it lookups go to the store.
+/// Hashes remembered at most (16 bytes each in a table of twice as many slots, and 24 in the
+/// expiry queue: about 28 MB when full); beyond it lookups go to the store.
 pub const DEDUP_MEMORY: usize = 500_000;
 
 /// The first 8 bytes of a SHA-256, as stored in `events.hash64`.
@@ -23,8 +24,9 @@ pub fn hash64(hash: &[u8; 32]) -> i64 {
 pub struct DedupMemory {
     window: Duration,
     capacity: usize,
-    /// hash64 → (seq, received_at) of the newest event with that hash.
-    seen: HashMap<i64, (i64, i64)>,
+    /// hash64 → seq of the newest event with that hash. An entry lives exactly as long as its
+    /// entry in `order`, so it is always within the window.
+    seen: HashMap<i64, i64>,
     /// (received_at, hash64, seq) in arrival order, for expiry.
     order: VecDeque<(i64, i64, i64)>,
     /// Entries received up to this time were forgotten for lack of room.
@@ -61,9 +63,7 @@ impl DedupMemory {
     pub fn recall(&mut self, hash64: i64, now: Millis) -> Recall {
         let window_start = now.minus(self.window);
         self.expire(window_start);
-        if let Some((seq, received_at)) = self.seen.get(&hash64)
-            && *received_at > window_start.0
-        {
+        if let Some(seq) = self.seen.get(&hash64) {
             return Recall::Seen { seq: *seq };
         }
         match self.forgotten_until {
@@ -83,7 +83,7 @@ impl DedupMemory {
             self.forget_entry(hash, old_seq);
             self.forgotten_until = Some(Millis(time));
         }
-        self.seen.insert(hash64, (seq, received_at.0));
+        self.seen.insert(hash64, seq);
         self.order.push_back((received_at.0, hash64, seq));
     }
 
@@ -97,7 +97,7 @@ impl DedupMemory {
     }
 
     fn forget_entry(&mut self, hash64: i64, seq: i64) {
-        if self.seen.get(&hash64).is_some_and(|(kept, _)| *kept == seq) {
+        if self.seen.get(&hash64) == Some(&seq) {
             self.seen.remove(&hash64);
         }
     }
