@@ -409,7 +409,7 @@ impl Scheduler {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || read(&*store))
             .await
-            .unwrap_or_else(|_| Err(StoreError::Damaged("a store read panicked".to_owned())))
+            .unwrap_or_else(|_| Err(StoreError::ReadPanicked))
     }
 }
 

@@ -40,6 +40,14 @@ pub enum StoreError {
     },
     #[error("stored data is damaged ({0}); restore the store from a backup")]
     Damaged(String),
+    #[error(
+        "the store's file system refused the WAL journal (journal mode {0}); put store.path on a local disk"
+    )]
+    NoWal(String),
+    #[error("cannot start a store thread ({0}); check the process and thread limits")]
+    Thread(std::io::Error),
+    #[error("a store read panicked; this is a bug: report it with the log lines above")]
+    ReadPanicked,
 }
 
 /// A notification ready to be stored.

@@ -38,9 +38,7 @@ impl Checkpointer {
                     let _ = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                 }
             })
-            .map_err(|error| {
-                StoreError::Damaged(format!("cannot start the checkpoint thread: {error}"))
-            })?;
+            .map_err(StoreError::Thread)?;
         Ok(Checkpointer {
             stopping,
             thread: Some(thread),

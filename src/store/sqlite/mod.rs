@@ -135,9 +135,7 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(database("enabling the WAL journal"))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Damaged(format!(
-            "journal mode is {mode}, WAL is required"
-        )));
+        return Err(StoreError::NoWal(mode));
     }
     connection
         .pragma_update(None, "synchronous", "FULL")
