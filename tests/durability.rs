@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{RECEIVER, SETTLE_TIMEOUT, TestServer, fixtures, http_client, wait_until};
+use common::{
+    RECEIVER, SETTLE_TIMEOUT, TestServer, fixtures, http_client, in_parallel, wait_until,
+};
 use serde_json::Value;
 
 /// Threads posting distinct notifications until stopped or until the server stops answering;
@@ -99,24 +101,9 @@ fn every_accepted_notification_survives_kill_9() {
     const THREADS: usize = 6;
     const PER_THREAD: usize = 50;
     let mut server = TestServer::start("");
-    let posted: Vec<(String, String)> = std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..THREADS)
-            .map(|thread| {
-                let server = &server;
-                scope.spawn(move || {
-                    (0..PER_THREAD)
-                        .map(|n| {
-                            let body = fixtures::sw_fail(&format!("dev-{thread}-{n}")).to_string();
-                            (server.post_json(RECEIVER, &body).accepted_clean(), body)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .flat_map(|thread| thread.join().expect("a posting thread does not panic"))
-            .collect()
+    let posted: Vec<(String, String)> = in_parallel(THREADS, PER_THREAD, |thread, n| {
+        let body = fixtures::sw_fail(&format!("dev-{thread}-{n}")).to_string();
+        (server.post_json(RECEIVER, &body).accepted_clean(), body)
     });
     server.kill9();
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::fixtures::{self, with, without};
 use common::{
-    RECEIVER, RECEIVER_CMD, SETTLE_TIMEOUT, TestServer, assert_exit, json_lines, metric,
-    notirouter, queued_actions, stderr, stdout, wait_until, write_script_files,
+    RECEIVER, RECEIVER_CMD, SETTLE_TIMEOUT, TestServer, assert_exit, in_parallel, json_lines,
+    metric, notirouter, queued_actions, stderr, stdout, wait_until, write_script_files,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -1476,23 +1476,8 @@ fn assert_kill_9_in_flight_leaves_each_event_handled_once(workers: usize) {
         "[scripts]\nworkers = {workers}\nmax_operations = 1000000000\nmax_run_time = \"5s\"\n"
     );
     let mut server = TestServer::start_with_plugins(&config, &[("slow.rhai", plugin)]);
-    let accepted: Vec<String> = std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..THREADS)
-            .map(|thread| {
-                let server = &server;
-                scope.spawn(move || {
-                    (0..PER_THREAD)
-                        .map(|n| {
-                            server.post_accepted(&fixtures::sw_fail(&format!("dev-{thread}-{n}")))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .flat_map(|thread| thread.join().expect("a posting thread does not panic"))
-            .collect()
+    let accepted: Vec<String> = in_parallel(THREADS, PER_THREAD, |thread, n| {
+        server.post_accepted(&fixtures::sw_fail(&format!("dev-{thread}-{n}")))
     });
     let started = wait_until(SETTLE_TIMEOUT, || {
         !server.events(&["--status", "handled"]).is_empty()

@@ -34,6 +34,27 @@ pub const RECEIVER_CMD: &str = "/v1.0.0/messageReceiver/cmd";
 /// Both validation modes, for tests whose expectation does not depend on the mode.
 pub const MODES: [&str; 2] = ["lenient", "strict"];
 
+/// Runs `work(thread, n)` for `n` in `0..per_thread` on each of `threads` threads at once, and
+/// returns every result, thread by thread.
+pub fn in_parallel<T: Send>(
+    threads: usize,
+    per_thread: usize,
+    work: impl Fn(usize, usize) -> T + Sync,
+) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                scope.spawn(move || (0..per_thread).map(|n| work(thread, n)).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("a worker thread does not panic"))
+            .collect()
+    })
+}
+
 /// Polls `condition` every 10 ms until it holds (true) or `timeout` passes (false).
 #[must_use]
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
