@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::dedup::{DedupMemory, Recall, hash64};
+use super::dedup::{DedupMemory, hash64};
 use super::{SqliteStore, begin, database, lock};
 use crate::model::{EventId, Millis};
 use crate::store::{Appended, NewEvent, Pruned, RejectedBody, StoreError};
@@ -41,7 +41,7 @@ impl SqliteStore {
                         let id = EventId::from_parts(event.received_at, seq);
                         insert_event(&transaction, seq, id, hash, event)?;
                         memory.remember(hash, seq, event.received_at);
-                        remembered.push((hash, seq));
+                        remembered.push(hash);
                         Appended::Accepted(id)
                     }
                 };
@@ -193,18 +193,41 @@ fn load_memory(
 
 /// The id of the copy of `event` stored within the dedup window, if any. Duplicates are never
 /// stored, so the newest stored copy is the first copy of the current window. Memory answers
-/// most lookups; the full hash is confirmed in the store.
+/// most lookups with a candidate that the store confirms.
 fn first_copy(
     transaction: &Transaction<'_>,
     memory: &mut DedupMemory,
     hash: i64,
     event: &NewEvent,
 ) -> Result<Option<EventId>, StoreError> {
-    let (from, until, seq) = match memory.recall(hash, event.received_at) {
-        Recall::Unseen => return Ok(None),
-        Recall::Seen { seq } => (Millis(i64::MIN), Millis(i64::MAX), Some(seq)),
-        Recall::Unsure { from, until } => (from, until, None),
-    };
+    let recall = memory.recall(hash, event.received_at);
+    if let Some(seq) = recall.candidate {
+        let confirmed = stored_copy(
+            transaction,
+            Some(seq),
+            (recall.window_start, Millis(i64::MAX)),
+            hash,
+            event,
+        )?;
+        if confirmed.is_some() {
+            return Ok(confirmed);
+        }
+    }
+    match recall.forgotten {
+        Some(stretch) => stored_copy(transaction, None, stretch, hash, event),
+        None => Ok(None),
+    }
+}
+
+/// The newest copy of `event` stored as `seq` (any seq if `None`) and received in
+/// (from, until].
+fn stored_copy(
+    transaction: &Transaction<'_>,
+    seq: Option<i64>,
+    (from, until): (Millis, Millis),
+    hash: i64,
+    event: &NewEvent,
+) -> Result<Option<EventId>, StoreError> {
     let found: Option<(i64, i64)> = transaction
         .prepare_cached(
             "SELECT seq, received_at FROM events
@@ -317,6 +340,37 @@ mod tests {
         let restarted = store(dir.path(), 100);
         let after = restarted.append(&[event("b")], &[]).unwrap();
         assert_eq!(after[0], Appended::Duplicate(ids[1]));
+    }
+
+    #[test]
+    fn bodies_whose_hashes_share_a_fingerprint_are_each_their_own_first_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 100);
+        // Bytes 4..8 of the hash are the memory's fingerprint; give two bodies the same ones.
+        let with_fingerprint = |device| {
+            let mut event = event(device);
+            event.hash[4..8].copy_from_slice(&[9, 9, 9, 9]);
+            event
+        };
+        let ids: Vec<EventId> = store
+            .append(&[with_fingerprint("a"), with_fingerprint("b")], &[])
+            .unwrap()
+            .into_iter()
+            .map(accepted)
+            .collect();
+        let again = store
+            .append(
+                &[
+                    with_fingerprint("b"),
+                    with_fingerprint("a"),
+                    with_fingerprint("c"),
+                ],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(again[0], Appended::Duplicate(ids[1]));
+        assert_eq!(again[1], Appended::Duplicate(ids[0]));
+        assert!(matches!(again[2], Appended::Accepted(_)));
     }
 
     #[test]
