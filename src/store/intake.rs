@@ -16,8 +16,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, DeliveryUpdate, EventOutcome, NewEvent, Pruned, RejectedBody, Store, StoreError,
-    Wakeup,
+    Appended, DeliveryUpdate, EventOutcome, NewEvent, OutcomeBatch, Pruned, RejectedBody, Store,
+    StoreError, Wakeup, WriteGroup,
 };
 use crate::model::Millis;
 use crate::model::state::StateChanges;
@@ -207,10 +207,8 @@ impl Writer {
                 }
             }
             self.metrics.queue_depth.set(queue.len() as i64);
-            if batch.commit(&*self.store, &self.metrics) {
-                self.signals.events.notify();
-            }
-            batch.run_others(&*self.store, &self.signals);
+            batch.commit(&*self.store, &self.metrics, &self.signals);
+            batch.run_maintenance(&*self.store);
         }
     }
 }
@@ -245,26 +243,58 @@ impl Batch {
         }
     }
 
-    /// Stores the notifications and rejected bodies; true when new events were committed.
-    fn commit(&mut self, store: &dyn Store, metrics: &IntakeMetrics) -> bool {
-        if self.events.is_empty() && self.rejected.is_empty() {
-            return false;
+    /// Stores notifications, rejected bodies, script outcomes and delivery results as one
+    /// group, answers each requester and signals the stages that have new work.
+    fn commit(&mut self, store: &dyn Store, metrics: &IntakeMetrics, signals: &Signals) {
+        if self.is_empty() {
+            return;
         }
+        let outcome_batches: Vec<OutcomeBatch<'_>> = self
+            .outcomes
+            .iter()
+            .map(|(batch, _)| OutcomeBatch {
+                outcomes: &batch.outcomes,
+                changes: &batch.changes,
+            })
+            .collect();
+        let group = WriteGroup {
+            events: &self.events,
+            rejected: &self.rejected,
+            outcomes: &outcome_batches,
+            deliveries: &self.deliveries,
+            now: Millis::now(),
+        };
         let started = Instant::now();
-        let result = store.append(&self.events, &self.rejected);
+        let written = store.write_group(&group);
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        metrics.batch_events.observe(self.events.len() as f64);
-        match result {
+        if !self.events.is_empty() {
+            metrics.batch_events.observe(self.events.len() as f64);
+        }
+        self.answer_appends(written.appended, signals);
+        self.answer_outcomes(written.outcomes, signals);
+        self.answer_deliveries(written.deliveries, signals);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.rejected.is_empty()
+            && self.outcomes.is_empty()
+            && self.deliveries.is_empty()
+    }
+
+    fn answer_appends(&mut self, appended: Result<Vec<Appended>, StoreError>, signals: &Signals) {
+        match appended {
             Ok(outcomes) => {
-                let accepted = outcomes.iter().any(|o| matches!(o, Appended::Accepted(_)));
+                if outcomes.iter().any(|o| matches!(o, Appended::Accepted(_))) {
+                    signals.events.notify();
+                }
                 for (reply, outcome) in self.replies.drain(..).zip(outcomes) {
                     // A requester that gave up (timeout, closed connection) is gone; its
                     // notification is stored all the same and a re-push will be a duplicate.
                     let _ = reply.send(Ok(outcome));
                 }
-                accepted
             }
             Err(error) => {
                 tracing::error!(
@@ -276,43 +306,49 @@ impl Batch {
                 for reply in self.replies.drain(..) {
                     let _ = reply.send(Err(IntakeError::Store(Arc::clone(&error))));
                 }
-                false
             }
         }
     }
 
-    /// Script outcomes, delivery results (all of the batch's in one transaction), probes and
-    /// prunes.
-    fn run_others(self, store: &dyn Store, signals: &Signals) {
-        let failed = |e| IntakeError::Store(Arc::new(e));
-        for (batch, reply) in self.outcomes {
-            let recorded = store.record_outcomes(&batch.outcomes, &batch.changes, Millis::now());
+    fn answer_outcomes(&mut self, recorded: Vec<Result<(), StoreError>>, signals: &Signals) {
+        for ((batch, reply), recorded) in self.outcomes.drain(..).zip(recorded) {
             if recorded.is_ok() && batch.outcomes.iter().any(|o| !o.actions.is_empty()) {
                 signals.actions.notify_one();
             }
-            let _ = reply.send(recorded.map(|()| batch.outcomes.len()).map_err(failed));
-        }
-        if !self.deliveries.is_empty() {
-            let recorded = store.record_deliveries(&self.deliveries, Millis::now());
-            if let Ok(raised) = &recorded {
-                if *raised > 0 {
-                    signals.events.notify();
-                }
-                if self
-                    .deliveries
-                    .iter()
-                    .any(|u| matches!(u, DeliveryUpdate::Recovered { .. }))
-                {
-                    signals.actions.notify_one();
-                }
-            }
-            let recorded = recorded
-                .map(drop)
+            let answer = recorded
+                .map(|()| batch.outcomes.len())
                 .map_err(|e| IntakeError::Store(Arc::new(e)));
-            for reply in self.delivery_replies {
-                let _ = reply.send(recorded.clone());
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn answer_deliveries(&mut self, recorded: Result<usize, StoreError>, signals: &Signals) {
+        if self.delivery_replies.is_empty() {
+            return;
+        }
+        if let Ok(raised) = &recorded {
+            if *raised > 0 {
+                signals.events.notify();
+            }
+            if self
+                .deliveries
+                .iter()
+                .any(|u| matches!(u, DeliveryUpdate::Recovered { .. }))
+            {
+                signals.actions.notify_one();
             }
         }
+        let recorded = recorded
+            .map(drop)
+            .map_err(|e| IntakeError::Store(Arc::new(e)));
+        for reply in self.delivery_replies.drain(..) {
+            let _ = reply.send(recorded.clone());
+        }
+    }
+
+    /// Probes and prunes, each in its own short transaction after the group.
+    fn run_maintenance(self, store: &dyn Store) {
+        let failed = |e| IntakeError::Store(Arc::new(e));
         for reply in self.probes {
             let _ = reply.send(store.probe().map_err(failed));
         }

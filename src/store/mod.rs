@@ -319,4 +319,73 @@ pub trait Store: StateView + Send + Sync + 'static {
 
     /// Drops a dead letter (kept as `dropped` for the event's story). False if there is none.
     fn drop_dead(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Stores what one writer round gathered. Each part is all or nothing on its own, as with
+    /// [`Store::append`], [`Store::record_outcomes`] and [`Store::record_deliveries`]; a
+    /// backend that can should commit a group in one durable transaction, so that a round
+    /// costs one fsync and writes each page it touches once.
+    fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
+        write_separately(self, group)
+    }
+}
+
+/// A script worker's batch: outcomes and the state changes that go with them.
+pub struct OutcomeBatch<'a> {
+    pub outcomes: &'a [EventOutcome],
+    pub changes: &'a StateChanges,
+}
+
+/// What one writer round stores.
+pub struct WriteGroup<'a> {
+    pub events: &'a [NewEvent],
+    pub rejected: &'a [RejectedBody],
+    pub outcomes: &'a [OutcomeBatch<'a>],
+    pub deliveries: &'a [DeliveryUpdate],
+    pub now: Millis,
+}
+
+impl WriteGroup<'_> {
+    /// A group with nothing in it, to fill in with struct update syntax.
+    pub fn empty(now: Millis) -> WriteGroup<'static> {
+        WriteGroup {
+            events: &[],
+            rejected: &[],
+            outcomes: &[],
+            deliveries: &[],
+            now,
+        }
+    }
+}
+
+/// What became of each part of a [`WriteGroup`].
+pub struct GroupWritten {
+    pub appended: Result<Vec<Appended>, StoreError>,
+    /// One result per batch of [`WriteGroup::outcomes`].
+    pub outcomes: Vec<Result<(), StoreError>>,
+    /// How many `actionFailed` events the delivery results raised.
+    pub deliveries: Result<usize, StoreError>,
+}
+
+/// Stores each part of `group` in its own transaction, so one part's failure fails only it.
+pub fn write_separately<S: Store + ?Sized>(store: &S, group: &WriteGroup<'_>) -> GroupWritten {
+    let appended = if group.events.is_empty() && group.rejected.is_empty() {
+        Ok(Vec::new())
+    } else {
+        store.append(group.events, group.rejected)
+    };
+    let outcomes = group
+        .outcomes
+        .iter()
+        .map(|batch| store.record_outcomes(batch.outcomes, batch.changes, group.now))
+        .collect();
+    let deliveries = if group.deliveries.is_empty() {
+        Ok(0)
+    } else {
+        store.record_deliveries(group.deliveries, group.now)
+    };
+    GroupWritten {
+        appended,
+        outcomes,
+        deliveries,
+    }
 }

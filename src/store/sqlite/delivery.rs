@@ -66,13 +66,14 @@ impl SqliteStore {
             .map_err(database("reading the oldest pending action"))
     }
 
-    pub(super) fn write_deliveries(
+    /// Records delivery results within `transaction`; returns how many `actionFailed` events
+    /// they raised.
+    pub(super) fn deliveries_in(
         &self,
+        transaction: &Transaction<'_>,
         updates: &[DeliveryUpdate],
         now: Millis,
     ) -> Result<usize, StoreError> {
-        let mut writer = self.writer();
-        let transaction = begin(&mut writer)?;
         let mut raised = 0;
         for update in updates {
             match update {
@@ -88,7 +89,7 @@ impl SqliteStore {
                             params![id, attempt.number, attempt.at.0, result],
                         )
                         .map_err(database("recording a sent action"))?;
-                    insert_attempt(&transaction, id, attempt)?;
+                    insert_attempt(transaction, id, attempt)?;
                 }
                 DeliveryUpdate::Retry {
                     id,
@@ -101,7 +102,7 @@ impl SqliteStore {
                             params![id, attempt.number, due_at.0, attempt.error],
                         )
                         .map_err(database("scheduling a retry"))?;
-                    insert_attempt(&transaction, id, attempt)?;
+                    insert_attempt(transaction, id, attempt)?;
                 }
                 DeliveryUpdate::Dead { id, attempt } => {
                     transaction
@@ -110,9 +111,9 @@ impl SqliteStore {
                             params![id, attempt.number, attempt.error],
                         )
                         .map_err(database("dead-lettering an action"))?;
-                    insert_attempt(&transaction, id, attempt)?;
+                    insert_attempt(transaction, id, attempt)?;
                     raised +=
-                        usize::from(self.raise_action_failed(&transaction, id, attempt, now)?);
+                        usize::from(self.raise_action_failed(transaction, id, attempt, now)?);
                 }
                 DeliveryUpdate::Deferred { destination, until } => {
                     transaction
@@ -133,9 +134,6 @@ impl SqliteStore {
                 }
             }
         }
-        transaction
-            .commit()
-            .map_err(database("committing delivery results"))?;
         Ok(raised)
     }
 

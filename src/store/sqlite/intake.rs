@@ -4,42 +4,37 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::dedup::{DedupMemory, hash64};
+use std::sync::MutexGuard;
+
 use super::{SqliteStore, begin, database, lock};
 use crate::model::{EventId, Millis};
 use crate::store::{Appended, NewEvent, Pruned, RejectedBody, StoreError};
 
 impl SqliteStore {
-    pub(super) fn append_batch(
+    /// Appends within `transaction` and returns each event's outcome. The hashes the dedup
+    /// memory remembers meanwhile are pushed to `remembered`, for the caller to forget if the
+    /// transaction does not commit.
+    pub(super) fn append_in(
         &self,
+        transaction: &Transaction<'_>,
         events: &[NewEvent],
         rejected: &[RejectedBody],
+        remembered: &mut Vec<i64>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let mut writer = self.writer();
-        let mut loaded = lock(&self.dedup);
-        if loaded.is_none() {
-            *loaded = Some(load_memory(
-                &writer,
-                self.dedup_window,
-                self.dedup_capacity,
-            )?);
-        }
-        let memory = loaded
-            .as_mut()
-            .expect("the dedup memory was loaded just above");
-        let mut remembered = Vec::new();
-        let appended = (|| {
-            let transaction = begin(&mut writer)?;
-            let mut next_seq = next_seq(&transaction)?;
-            let mut outcomes = Vec::with_capacity(events.len());
+        let mut outcomes = Vec::with_capacity(events.len());
+        if !events.is_empty() {
+            let mut loaded = self.dedup_memory(transaction)?;
+            let memory = loaded.as_mut().expect("dedup_memory loads the memory");
+            let mut next_seq = next_seq(transaction)?;
             for event in events {
                 let hash = hash64(&event.hash);
-                let outcome = match first_copy(&transaction, memory, hash, event)? {
+                let outcome = match first_copy(transaction, memory, hash, event)? {
                     Some(id) => Appended::Duplicate(id),
                     None => {
                         let seq = next_seq;
                         next_seq += 1;
                         let id = EventId::from_parts(event.received_at, seq);
-                        insert_event(&transaction, seq, id, hash, event)?;
+                        insert_event(transaction, seq, id, hash, event)?;
                         memory.remember(hash, seq, event.received_at);
                         remembered.push(hash);
                         Appended::Accepted(id)
@@ -47,16 +42,34 @@ impl SqliteStore {
                 };
                 outcomes.push(outcome);
             }
-            if !rejected.is_empty() {
-                self.keep_rejected(&transaction, rejected)?;
-            }
-            transaction.commit().map_err(database("committing"))?;
-            Ok(outcomes)
-        })();
-        if appended.is_err() {
-            memory.forget(&remembered);
         }
-        appended
+        if !rejected.is_empty() {
+            self.keep_rejected(transaction, rejected)?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Forgets hashes remembered by a transaction that did not commit.
+    pub(super) fn forget_hashes(&self, remembered: &[i64]) {
+        if let Some(memory) = lock(&self.dedup).as_mut() {
+            memory.forget(remembered);
+        }
+    }
+
+    /// The dedup memory, loaded from the store on first use.
+    fn dedup_memory(
+        &self,
+        connection: &rusqlite::Connection,
+    ) -> Result<MutexGuard<'_, Option<DedupMemory>>, StoreError> {
+        let mut memory = lock(&self.dedup);
+        if memory.is_none() {
+            *memory = Some(load_memory(
+                connection,
+                self.dedup_window,
+                self.dedup_capacity,
+            )?);
+        }
+        Ok(memory)
     }
 
     /// Inserts rejected bodies and drops the oldest beyond `rejected_max_count`.
@@ -371,6 +384,51 @@ mod tests {
         assert_eq!(again[0], Appended::Duplicate(ids[1]));
         assert_eq!(again[1], Appended::Duplicate(ids[0]));
         assert!(matches!(again[2], Appended::Accepted(_)));
+    }
+
+    #[test]
+    fn a_failing_part_of_a_write_group_fails_alone() {
+        use crate::model::EventStatus;
+        use crate::model::state::StateChanges;
+        use crate::store::{EventOutcome, OutcomeBatch, WriteGroup};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let first = accepted(store.append(&[event("first")], &[]).unwrap().remove(0));
+        // Recording an outcome updates its event; make that fail on the writer connection.
+        store
+            .writer()
+            .execute_batch(
+                "CREATE TEMP TRIGGER no_outcomes BEFORE UPDATE ON events
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        let outcome = EventOutcome {
+            event_id: first,
+            status: EventStatus::Handled,
+            error: None,
+            plugins: Vec::new(),
+            actions: Vec::new(),
+            replayed_from: None,
+        };
+        let changes = StateChanges::default();
+        let written = store.write_group(&WriteGroup {
+            events: &[event("second")],
+            outcomes: &[OutcomeBatch {
+                outcomes: &[outcome],
+                changes: &changes,
+            }],
+            ..WriteGroup::empty(Millis::now())
+        });
+
+        let second = accepted(written.appended.unwrap().remove(0));
+        assert!(written.outcomes[0].is_err());
+        assert!(
+            store.event(second).unwrap().is_some(),
+            "the append committed"
+        );
+        let first = store.event(first).unwrap().unwrap();
+        assert_eq!(first.summary.status, EventStatus::Pending.as_str());
     }
 
     #[test]

@@ -23,7 +23,8 @@ use ulid::{Generator, Ulid};
 
 use super::{
     Appended, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome, EventSummary,
-    NewEvent, PendingAction, Pruned, RejectedBody, Store, StoreError, StoredEvent,
+    GroupWritten, NewEvent, OutcomeBatch, PendingAction, Pruned, RejectedBody, Store, StoreError,
+    StoredEvent, WriteGroup, write_separately,
 };
 use crate::config::StoreConfig;
 use crate::model::state::StateChanges;
@@ -118,6 +119,30 @@ impl SqliteStore {
     }
 }
 
+/// Commits the whole group in one transaction: any failure leaves none of it stored.
+fn write_together(store: &SqliteStore, group: &WriteGroup<'_>) -> Result<GroupWritten, StoreError> {
+    let mut writer = store.writer();
+    let mut remembered = Vec::new();
+    let written = begin(&mut writer).and_then(|transaction| {
+        let appended =
+            store.append_in(&transaction, group.events, group.rejected, &mut remembered)?;
+        for batch in group.outcomes {
+            store.outcomes_in(&transaction, batch, group.now)?;
+        }
+        let raised = store.deliveries_in(&transaction, group.deliveries, group.now)?;
+        transaction.commit().map_err(database("committing"))?;
+        Ok(GroupWritten {
+            appended: Ok(appended),
+            outcomes: group.outcomes.iter().map(|_| Ok(())).collect(),
+            deliveries: Ok(raised),
+        })
+    });
+    if written.is_err() {
+        store.forget_hashes(&remembered);
+    }
+    written
+}
+
 /// Starts a write transaction that takes the write lock at once, so that it cannot fail
 /// half-way on a lock held by another process.
 fn begin(connection: &mut Connection) -> Result<Transaction<'_>, StoreError> {
@@ -149,7 +174,12 @@ impl Store for SqliteStore {
         events: &[NewEvent],
         rejected: &[RejectedBody],
     ) -> Result<Vec<Appended>, StoreError> {
-        self.append_batch(events, rejected)
+        let group = WriteGroup {
+            events,
+            rejected,
+            ..WriteGroup::empty(Millis::now())
+        };
+        write_together(self, &group)?.appended
     }
 
     fn probe(&self) -> Result<(), StoreError> {
@@ -185,7 +215,11 @@ impl Store for SqliteStore {
         changes: &StateChanges,
         now: Millis,
     ) -> Result<(), StoreError> {
-        self.write_outcomes(outcomes, changes, now)
+        let group = WriteGroup {
+            outcomes: &[OutcomeBatch { outcomes, changes }],
+            ..WriteGroup::empty(now)
+        };
+        write_together(self, &group).map(drop)
     }
 
     fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
@@ -214,7 +248,20 @@ impl Store for SqliteStore {
         updates: &[DeliveryUpdate],
         now: Millis,
     ) -> Result<usize, StoreError> {
-        self.write_deliveries(updates, now)
+        let group = WriteGroup {
+            deliveries: updates,
+            ..WriteGroup::empty(now)
+        };
+        write_together(self, &group)?.deliveries
+    }
+
+    /// One transaction for the group; if it fails, each part alone, so that one part's
+    /// failure fails only it.
+    fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
+        write_together(self, group).unwrap_or_else(|error| {
+            tracing::warn!(%error, "a write group failed; storing its parts one by one");
+            write_separately(self, group)
+        })
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {

@@ -4,11 +4,11 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::queries::{STORED_COLUMNS, StoredRow, stored_row};
-use super::{SqliteStore, begin, database};
+use super::{SqliteStore, database};
 use crate::action::Action;
 use crate::model::Millis;
 use crate::model::state::{StateChanges, StateError, StateView};
-use crate::store::{EventOutcome, StoreError, StoredEvent};
+use crate::store::{EventOutcome, OutcomeBatch, StoreError, StoredEvent};
 
 impl SqliteStore {
     pub(super) fn read_pending(
@@ -31,24 +31,20 @@ impl SqliteStore {
         rows.into_iter().map(StoredRow::into_event).collect()
     }
 
-    pub(super) fn write_outcomes(
+    /// Records a script batch within `transaction`: outcomes, their actions, state changes.
+    pub(super) fn outcomes_in(
         &self,
-        outcomes: &[EventOutcome],
-        changes: &StateChanges,
+        transaction: &Transaction<'_>,
+        batch: &OutcomeBatch<'_>,
         now: Millis,
     ) -> Result<(), StoreError> {
-        let mut writer = self.writer();
-        let transaction = begin(&mut writer)?;
-        for outcome in outcomes {
-            record_event_outcome(&transaction, outcome, now)?;
+        for outcome in batch.outcomes {
+            record_event_outcome(transaction, outcome, now)?;
             for action in &outcome.actions {
-                insert_action(&transaction, self.next_id(), outcome, action, now)?;
+                insert_action(transaction, self.next_id(), outcome, action, now)?;
             }
         }
-        apply_state_changes(&transaction, changes, now)?;
-        transaction
-            .commit()
-            .map_err(database("committing script outcomes"))
+        apply_state_changes(transaction, batch.changes, now)
     }
 }
 
