@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::dedup::hash64;
 use super::intake::next_seq;
-use super::{SqliteStore, begin, database};
+use super::{SqliteStore, begin, database, execute_cached, query_row_cached};
 use crate::action::Action;
 use crate::model::{EventId, Millis};
 use crate::notification::canonical_hash;
@@ -47,23 +47,23 @@ impl SqliteStore {
 
     /// Answered from the partial index on pending actions' due times.
     pub(super) fn read_next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.reader()
-            .query_row(
-                "SELECT min(due_at) FROM actions WHERE status = 'pending'",
-                [],
-                |row| Ok(row.get::<_, Option<i64>>(0)?.map(Millis)),
-            )
-            .map_err(database("reading the next due action"))
+        query_row_cached(
+            &self.reader(),
+            "SELECT min(due_at) FROM actions WHERE status = 'pending'",
+            [],
+            |row| Ok(row.get::<_, Option<i64>>(0)?.map(Millis)),
+        )
+        .map_err(database("reading the next due action"))
     }
 
     pub(super) fn read_oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
-        self.reader()
-            .query_row(
-                "SELECT min(created_at) FROM actions WHERE status = 'pending'",
-                [],
-                |row| Ok(row.get::<_, Option<i64>>(0)?.map(Millis)),
-            )
-            .map_err(database("reading the oldest pending action"))
+        query_row_cached(
+            &self.reader(),
+            "SELECT min(created_at) FROM actions WHERE status = 'pending'",
+            [],
+            |row| Ok(row.get::<_, Option<i64>>(0)?.map(Millis)),
+        )
+        .map_err(database("reading the oldest pending action"))
     }
 
     /// Records delivery results within `transaction`; returns how many `actionFailed` events
@@ -82,13 +82,13 @@ impl SqliteStore {
                     attempt,
                     result,
                 } => {
-                    transaction
-                        .execute(
-                            "UPDATE actions SET status = 'sent', attempts = ?2, sent_at = ?3, result = ?4,
-                             last_error = NULL WHERE id = ?1",
-                            params![id, attempt.number, attempt.at.0, result],
-                        )
-                        .map_err(database("recording a sent action"))?;
+                    execute_cached(
+                        transaction,
+                        "UPDATE actions SET status = 'sent', attempts = ?2, sent_at = ?3, result = ?4,
+                         last_error = NULL WHERE id = ?1",
+                        params![id, attempt.number, attempt.at.0, result],
+                    )
+                    .map_err(database("recording a sent action"))?;
                     insert_attempt(transaction, id, attempt)?;
                 }
                 DeliveryUpdate::Retry {
@@ -96,41 +96,41 @@ impl SqliteStore {
                     attempt,
                     due_at,
                 } => {
-                    transaction
-                        .execute(
-                            "UPDATE actions SET attempts = ?2, due_at = ?3, last_error = ?4 WHERE id = ?1",
-                            params![id, attempt.number, due_at.0, attempt.error],
-                        )
-                        .map_err(database("scheduling a retry"))?;
+                    execute_cached(
+                        transaction,
+                        "UPDATE actions SET attempts = ?2, due_at = ?3, last_error = ?4 WHERE id = ?1",
+                        params![id, attempt.number, due_at.0, attempt.error],
+                    )
+                    .map_err(database("scheduling a retry"))?;
                     insert_attempt(transaction, id, attempt)?;
                 }
                 DeliveryUpdate::Dead { id, attempt } => {
-                    transaction
-                        .execute(
-                            "UPDATE actions SET status = 'dead', attempts = ?2, last_error = ?3 WHERE id = ?1",
-                            params![id, attempt.number, attempt.error],
-                        )
-                        .map_err(database("dead-lettering an action"))?;
+                    execute_cached(
+                        transaction,
+                        "UPDATE actions SET status = 'dead', attempts = ?2, last_error = ?3 WHERE id = ?1",
+                        params![id, attempt.number, attempt.error],
+                    )
+                    .map_err(database("dead-lettering an action"))?;
                     insert_attempt(transaction, id, attempt)?;
                     raised +=
                         usize::from(self.raise_action_failed(transaction, id, attempt, now)?);
                 }
                 DeliveryUpdate::Deferred { destination, until } => {
-                    transaction
-                        .execute(
-                            "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1
-                             AND due_at < ?2",
-                            params![destination, until.0],
-                        )
-                        .map_err(database("deferring a destination"))?;
+                    execute_cached(
+                        transaction,
+                        "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1
+                         AND due_at < ?2",
+                        params![destination, until.0],
+                    )
+                    .map_err(database("deferring a destination"))?;
                 }
                 DeliveryUpdate::Recovered { destination } => {
-                    transaction
-                        .execute(
-                            "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1",
-                            params![destination, now.0],
-                        )
-                        .map_err(database("releasing a destination"))?;
+                    execute_cached(
+                        transaction,
+                        "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1",
+                        params![destination, now.0],
+                    )
+                    .map_err(database("releasing a destination"))?;
                 }
             }
         }

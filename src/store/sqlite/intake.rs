@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::dedup::{DedupMemory, hash64};
 use std::sync::MutexGuard;
 
-use super::{SqliteStore, begin, database, lock};
+use super::{SqliteStore, begin, database, lock, query_row_cached};
 use crate::model::{EventId, Millis};
 use crate::store::{Appended, NewEvent, Pruned, RejectedBody, StoreError};
 
@@ -170,11 +170,13 @@ impl SqliteStore {
 /// The seq the next event gets; read inside the write transaction, so no other writer (a
 /// CLI command in another process) can take it meanwhile.
 pub(super) fn next_seq(transaction: &Transaction<'_>) -> Result<i64, StoreError> {
-    transaction
-        .query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |row| {
-            row.get(0)
-        })
-        .map_err(database("numbering events"))
+    query_row_cached(
+        transaction,
+        "SELECT coalesce(max(seq), 0) + 1 FROM events",
+        [],
+        |row| row.get(0),
+    )
+    .map_err(database("numbering events"))
 }
 
 /// Loads the hashes stored within the window, oldest first.

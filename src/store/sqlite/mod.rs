@@ -30,6 +30,9 @@ use crate::config::StoreConfig;
 use crate::model::state::StateChanges;
 use crate::model::{EventId, Millis};
 
+/// Statements each connection keeps prepared.
+const STATEMENT_CACHE: usize = 64;
+
 /// How long a connection waits for another's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -143,6 +146,26 @@ fn write_together(store: &SqliteStore, group: &WriteGroup<'_>) -> Result<GroupWr
     written
 }
 
+/// Runs a statement prepared once per connection: parsing the SQL costs more than running
+/// most of the statements on the hot paths.
+fn execute_cached(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    connection.prepare_cached(sql)?.execute(params)
+}
+
+/// [`execute_cached`] for a query of one row.
+fn query_row_cached<T>(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    connection.prepare_cached(sql)?.query_row(params, row)
+}
+
 /// Starts a write transaction that takes the write lock at once, so that it cannot fail
 /// half-way on a lock held by another process.
 fn begin(connection: &mut Connection) -> Result<Transaction<'_>, StoreError> {
@@ -165,6 +188,9 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
     connection
         .pragma_update(None, "synchronous", "FULL")
         .map_err(database("setting synchronous = FULL"))?;
+    // Room for every cached statement of the store (about 30), so none is evicted and parsed
+    // again on a hot path.
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(connection)
 }
 
