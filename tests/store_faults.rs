@@ -4,6 +4,7 @@
 //! CI runs as root, so a read-only file proves nothing; the server runs in-process on a store
 //! that wraps the real SQLite store and fails or blocks on demand.
 
+use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,8 +110,9 @@ impl Store for FaultyStore {
         destination: &str,
         now: Millis,
         limit: usize,
+        skip: &HashSet<String>,
     ) -> Result<Vec<PendingAction>, StoreError> {
-        self.inner.due_actions(destination, now, limit)
+        self.inner.due_actions(destination, now, limit, skip)
     }
 
     fn next_due(&self) -> Result<Option<Millis>, StoreError> {

@@ -14,7 +14,7 @@ mod payload;
 mod retry;
 mod send;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -98,13 +98,14 @@ impl Deliverer {
             destinations: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("deliver")
+        // One thread: sends wait on the network, not the CPU, and on a busy core more worker
+        // threads only add hand-offs between them.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .thread_name("deliver-store")
             .enable_all()
             .build()?;
         let thread = std::thread::Builder::new()
-            .name("deliver-scheduler".to_owned())
+            .name("deliver".to_owned())
             .spawn(move || runtime.block_on(scheduler.run(stopped)))?;
         Ok(Deliverer { stop, thread })
     }
@@ -145,15 +146,34 @@ impl Scheduler {
                 _ = self.queued.notified() => next_round = tokio::time::Instant::now(),
                 _ = tokio::time::sleep_until(next_round.min(next_gauge)) => {}
                 Some(done) = sends.join_next(), if !sends.is_empty() => {
-                    if let Ok(destination) = done
-                        && let Err(error) = self.fill(&destination, Millis::now(), &mut sends).await
-                    {
-                        tracing::error!(%error, "delivery cannot read the store; retrying");
-                    }
+                    self.refill_after(done, &mut sends).await;
                 }
             }
         }
         while sends.join_next().await.is_some() {}
+    }
+
+    /// Refills the destinations of `first` and of every other send that has finished too, each
+    /// once: under load sends finish in bunches, and one read refills a bunch.
+    async fn refill_after(
+        self: &Arc<Self>,
+        first: Result<String, tokio::task::JoinError>,
+        sends: &mut JoinSet<String>,
+    ) {
+        let mut finished = BTreeSet::new();
+        let mut done = Some(first);
+        while let Some(result) = done {
+            // A send that panicked (a bug, logged by tokio) names no destination to refill.
+            if let Ok(destination) = result {
+                finished.insert(destination);
+            }
+            done = sends.try_join_next();
+        }
+        for destination in finished {
+            if let Err(error) = self.fill(&destination, Millis::now(), sends).await {
+                tracing::error!(%error, "delivery cannot read the store; retrying");
+            }
+        }
     }
 
     /// Starts every send that may go now; returns how long to sleep until the next is due.
@@ -192,18 +212,12 @@ impl Scheduler {
             return Ok(());
         };
         let in_flight = self.in_flight(destination);
-        let limit = take + in_flight.len();
         let key = destination.to_owned();
         let due = self
-            .blocking(move |store| store.due_actions(&key, now, limit))
+            .blocking(move |store| store.due_actions(&key, now, take, &in_flight))
             .await;
         let mut started = 0;
-        for pending in due
-            .iter()
-            .flatten()
-            .filter(|a| !in_flight.contains(&a.id))
-            .take(take)
-        {
+        for pending in due.iter().flatten() {
             self.mark_in_flight(destination, &pending.id);
             sends.spawn(Arc::clone(self).deliver(pending.clone()));
             started += 1;

@@ -9,6 +9,8 @@ mod intake;
 pub mod sqlite;
 mod wakeup;
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use crate::action::Action;
@@ -289,12 +291,14 @@ pub trait Store: StateView + Send + Sync + 'static {
     /// Destinations with actions due at `now`.
     fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError>;
 
-    /// Up to `limit` actions of `destination` due at `now`, the longest due first.
+    /// Up to `limit` actions of `destination` due at `now`, the longest due first, leaving out
+    /// those in `skip` (the ones being sent).
     fn due_actions(
         &self,
         destination: &str,
         now: Millis,
         limit: usize,
+        skip: &HashSet<String>,
     ) -> Result<Vec<PendingAction>, StoreError>;
 
     /// When the next pending action falls due (cheap: called after every scheduling round).

@@ -1,6 +1,8 @@
 //! Delivery's reads and writes: due actions per destination, attempt records, dead letters and
 //! the `actionFailed` events they raise.
 
+use std::collections::HashSet;
+
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde_json::json;
 
@@ -23,11 +25,14 @@ impl SqliteStore {
             .map_err(database("finding due destinations"))
     }
 
+    /// Skipped rows are left out before their payloads are parsed: the rows being sent are
+    /// the longest due, so every refill reads them again.
     pub(super) fn read_due_actions(
         &self,
         destination: &str,
         now: Millis,
         limit: usize,
+        skip: &HashSet<String>,
     ) -> Result<Vec<PendingAction>, StoreError> {
         let reader = self.reader();
         let rows: Vec<PendingRow> = reader
@@ -37,12 +42,17 @@ impl SqliteStore {
                  ORDER BY due_at LIMIT ?3",
             )
             .and_then(|mut statement| {
+                let rows = limit + skip.len();
                 statement
-                    .query_map(params![destination, now.0, limit as i64], pending_row)?
+                    .query_map(params![destination, now.0, rows as i64], pending_row)?
                     .collect()
             })
             .map_err(database("reading due actions"))?;
-        rows.into_iter().map(PendingRow::into_action).collect()
+        rows.into_iter()
+            .filter(|row| !skip.contains(&row.id))
+            .take(limit)
+            .map(PendingRow::into_action)
+            .collect()
     }
 
     /// Answered from the partial index on pending actions' due times.

@@ -14,6 +14,7 @@ mod outcomes;
 mod queries;
 mod schema;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -257,8 +258,9 @@ impl Store for SqliteStore {
         destination: &str,
         now: Millis,
         limit: usize,
+        skip: &HashSet<String>,
     ) -> Result<Vec<PendingAction>, StoreError> {
-        self.read_due_actions(destination, now, limit)
+        self.read_due_actions(destination, now, limit, skip)
     }
 
     fn next_due(&self) -> Result<Option<Millis>, StoreError> {
