@@ -7,6 +7,7 @@
 //! stages share; [`cli`] is the command line.
 
 pub mod action;
+mod background;
 pub mod cli;
 pub mod config;
 pub mod deliver;

@@ -760,3 +760,48 @@ fn metrics_count_notifications_rejections_warnings_and_commits() {
         "{text}"
     );
 }
+
+/// Each of the server's threads by name, with its nice value (from `/proc`).
+fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+    tasks
+        .map(|task| {
+            let task = task.expect("a thread entry").path();
+            let name = std::fs::read_to_string(task.join("comm")).expect("a thread name");
+            let stat = std::fs::read_to_string(task.join("stat")).expect("a thread stat");
+            // Fields after the parenthesised name; nice is the 19th field of the whole line.
+            let after_name = &stat[stat.rfind(')').expect("a stat line") + 2..];
+            let nice = after_name.split(' ').nth(16).expect("a nice field");
+            (
+                name.trim().to_owned(),
+                nice.parse().expect("a numeric nice value"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn background_stages_run_nicer_than_the_receiver() {
+    let server = TestServer::start("");
+    server
+        .post_json(RECEIVER, &fixtures::sw_fail("warm").to_string())
+        .accepted_clean();
+    let threads = thread_nice_values(server.pid());
+    let nice_of = |prefix: &str| {
+        threads
+            .iter()
+            .find(|(name, _)| name.starts_with(prefix))
+            .map(|(_, nice)| *nice)
+            .unwrap_or_else(|| panic!("no thread named {prefix}*: {threads:?}"))
+    };
+    let receiver = nice_of("actix-rt");
+    assert_eq!(nice_of("store-writer"), receiver, "{threads:?}");
+    // Linux keeps the first 15 bytes of a thread's name.
+    for background in ["script-0", "deliver", "deliver-store", "store-checkpoin"] {
+        assert_eq!(
+            nice_of(background),
+            (receiver + 10).min(19),
+            "{background}: {threads:?}"
+        );
+    }
+}

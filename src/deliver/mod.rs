@@ -106,7 +106,11 @@ impl Deliverer {
             .build()?;
         let thread = std::thread::Builder::new()
             .name("deliver".to_owned())
-            .spawn(move || runtime.block_on(scheduler.run(stopped)))?;
+            .spawn(move || {
+                // Its store threads are started from it, and inherit its priority.
+                crate::background::lower_current_thread();
+                runtime.block_on(scheduler.run(stopped))
+            })?;
         Ok(Deliverer { stop, thread })
     }
 

@@ -92,6 +92,7 @@ impl Workers {
 
 impl Worker {
     fn run(self) {
+        crate::background::lower_current_thread();
         let mut cursor = 0;
         while !self.stopping.load(Ordering::SeqCst) {
             let generation = self.wakeup.generation();
