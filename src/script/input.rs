@@ -37,9 +37,11 @@ impl EventInput {
     }
 
     pub fn from_parts(parts: EventParts<'_>) -> Result<EventInput, String> {
-        let mut body: Value = serde_json::from_slice(parts.body)
+        // Straight from JSON to rhai values, with no JSON tree in between: this runs for every
+        // event.
+        let body: Dynamic = serde_json::from_slice(parts.body)
             .map_err(|error| format!("event {}: the stored body is not JSON: {error}", parts.id))?;
-        let Some(object) = body.as_object_mut() else {
+        let Some(mut object) = body.try_cast::<Map>() else {
             return Err(format!(
                 "event {}: the stored body is not a JSON object",
                 parts.id
@@ -50,7 +52,7 @@ impl EventInput {
             && object.contains_key("commandId")
             && object.contains_key("result")
         {
-            object.insert("notifyType".to_owned(), Value::from(COMMAND_STATE_CHANGED));
+            object.insert("notifyType".into(), COMMAND_STATE_CHANGED.into());
         }
         let to_dynamic = |value: &Value| {
             rhai::serde::to_dynamic(value).map_err(|error| format!("event {}: {error}", parts.id))
@@ -67,7 +69,7 @@ impl EventInput {
         meta.insert("source".into(), parts.source.into());
         Ok(EventInput {
             id: parts.id.clone(),
-            body: to_dynamic(&body)?,
+            body: Dynamic::from_map(object),
             meta: Dynamic::from(meta),
         })
     }
