@@ -234,6 +234,61 @@ fn throttling_is_waited_out_within_the_attempt() {
 }
 
 #[test]
+fn a_creation_whose_answer_was_lost_is_found_instead_of_repeated() {
+    let fake = FakePlatform::start();
+    let server = start(&fake, "");
+    // Created, but answered after the 3 s timeout; then a 503 for the next device.
+    fake.fail_next(Route::CreateSoftware, [Fault::Slow(Duration::from_secs(5))]);
+    let slow = server.post_accepted(&sw_fail("dev-slow", "s1"));
+    let action = settled_action(&server, &slow);
+    assert_eq!(
+        (action["status"].as_str(), action["attempts"].as_i64()),
+        (Some("sent"), Some(2))
+    );
+    assert_eq!(action["result"], fake.tasks()[0].operation_id.as_str());
+    assert_eq!(fake.count(Route::CreateSoftware), 1);
+
+    fake.fail_next(Route::CreateSoftware, [Fault::Error(503, "")]);
+    let unavailable = server.post_accepted(&sw_fail("dev-503", "s2"));
+    let action = settled_action(&server, &unavailable);
+    assert_eq!(
+        (action["status"].as_str(), action["attempts"].as_i64()),
+        (Some("sent"), Some(2))
+    );
+    assert_eq!(fake.tasks().len(), 2);
+    assert!(
+        action["attempt_log"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 503"),
+        "{action:#}"
+    );
+}
+
+#[test]
+fn a_refused_creation_is_dead_lettered_and_reported_to_the_scripts() {
+    let fake = FakePlatform::start();
+    let server = start(&fake, "[platform.packages]\n\"1.5\" = \"not-uploaded\"\n");
+    let id = server.post_accepted(&sw_fail("dev-refused", "s1"));
+    let action = settled_action(&server, &id);
+    assert_eq!(
+        (action["status"].as_str(), action["attempts"].as_i64()),
+        (Some("dead"), Some(1))
+    );
+    assert!(
+        action["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("error 123002"),
+        "{action:#}"
+    );
+    let reported = wait_until(TASK_TIMEOUT, || {
+        !server.events(&["--type", "actionFailed"]).is_empty()
+    });
+    assert!(reported, "no actionFailed event; logs:\n{}", server.logs());
+}
+
+#[test]
 fn a_login_by_subscribe_meanwhile_costs_the_server_one_login() {
     let fake = FakePlatform::start();
     let server = start(&fake, "");

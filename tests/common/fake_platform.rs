@@ -197,6 +197,8 @@ impl FakePlatform {
                         .default_service(web::to(handle_request))
                 })
                 .workers(2)
+                // The process's own signal handling stops it (the example), not just the server.
+                .disable_signals()
                 .listen(listener)
                 .expect("the fake platform can listen")
                 .run();
@@ -516,7 +518,7 @@ fn create_task(
     if let Some(code) = problem {
         return error(400, code, "invalid task");
     }
-    let operation_id = format!("{:024x}", 0x5c9c_0000_u64 + state.tasks.len() as u64 + 1);
+    let operation_id = format!("5c9c03b10a1b2c3d4e5f{:04x}", state.tasks.len() + 1);
     for (index, device) in devices.iter().enumerate() {
         state.sub_operations.push(SubOperation {
             operation_id: operation_id.clone(),
