@@ -23,12 +23,20 @@ const CALL_WINDOW: Duration = Duration::from_secs(60);
 const THROTTLE_BACKOFF: Duration = Duration::from_secs(1);
 const THROTTLE_REPEATS: u32 = 3;
 
-/// One call: method, path under the base URL, query pairs and JSON body.
+/// One call: method, path under the base URL, query pairs and body.
 pub(crate) struct Call<'a> {
     pub method: Method,
     pub path: String,
     pub query: Vec<(&'a str, String)>,
-    pub body: Option<Value>,
+    pub body: Body,
+}
+
+pub(crate) enum Body {
+    Empty,
+    Json(Value),
+    /// The login form, `appId` and `secret`: built when sent, so that the secret is held in
+    /// one place only.
+    Credentials,
 }
 
 impl<'a> Call<'a> {
@@ -37,7 +45,7 @@ impl<'a> Call<'a> {
             method: Method::GET,
             path,
             query,
-            body: None,
+            body: Body::Empty,
         }
     }
 
@@ -46,7 +54,7 @@ impl<'a> Call<'a> {
             method: Method::POST,
             path,
             query: Vec::new(),
-            body: Some(body),
+            body: Body::Json(body),
         }
     }
 }
@@ -166,13 +174,13 @@ impl Client {
                 .header("app_key", &self.app_id)
                 .header(AUTHORIZATION, bearer);
         }
-        request = match (&call.body, call.path.as_str()) {
-            (Some(_), LOGIN) => request.form(&[
+        request = match &call.body {
+            Body::Credentials => request.form(&[
                 ("appId", self.app_id.as_str()),
                 ("secret", self.secret.expose()),
             ]),
-            (Some(body), _) => request.header(CONTENT_TYPE, "application/json").json(body),
-            (None, _) => request,
+            Body::Json(body) => request.header(CONTENT_TYPE, "application/json").json(body),
+            Body::Empty => request,
         };
         self.limiter.acquire().await;
         let transport =
@@ -234,10 +242,13 @@ async fn back_off(throttled: &mut u32) {
 
 impl Issuer for Client {
     async fn login(&self) -> Result<Token, PlatformError> {
-        // The form body is built in `send`, so the secret is held in one place only.
-        let token = self
-            .issue(Call::post(LOGIN.to_owned(), Value::Null))
-            .await?;
+        let login = Call {
+            method: Method::POST,
+            path: LOGIN.to_owned(),
+            query: Vec::new(),
+            body: Body::Credentials,
+        };
+        let token = self.issue(login).await?;
         tracing::info!(expires_in = token.expires_in(), "logged in to the platform");
         Ok(token)
     }

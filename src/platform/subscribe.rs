@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use super::client::Call;
+use super::client::{Body, Call};
 use super::errors::ALREADY_SUBSCRIBED;
 use super::{Platform, PlatformError};
 
@@ -48,7 +48,7 @@ impl Platform {
                 method: Method::POST,
                 path: SERVICE.to_owned(),
                 query: vec![("ownerFlag", "false".to_owned())],
-                body: Some(json!({"notifyType": notify_type, "callbackUrl": callback_url})),
+                body: Body::Json(json!({"notifyType": notify_type, "callbackUrl": callback_url})),
             };
             self.client.call(&call).await
         };
