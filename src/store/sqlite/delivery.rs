@@ -236,6 +236,20 @@ impl SqliteStore {
     pub(super) fn write_requeue(&self, id: Option<&str>) -> Result<usize, StoreError> {
         let mut writer = self.writer();
         let transaction = begin(&mut writer)?;
+        // A dead platform task gave its budget unit back; queued again, it takes it again
+        // (the operator's explicit retry may exceed the budget).
+        transaction
+            .execute(
+                "WITH requeued AS (
+                    SELECT json_extract(payload, '$.device_id') AS device,
+                           json_extract(payload, '$.target_version') AS version
+                    FROM actions WHERE status = 'dead' AND kind = 'platform' AND (?1 IS NULL OR id = ?1))
+                 UPDATE upgrade_budget SET retries = retries + (SELECT count(*) FROM requeued
+                    WHERE device = upgrade_budget.device_id AND version = upgrade_budget.target_version)
+                 WHERE (device_id, target_version) IN (SELECT device, version FROM requeued)",
+                params![id],
+            )
+            .map_err(database("taking the upgrade budget back for re-queued tasks"))?;
         let requeued = transaction
             .execute(
                 "UPDATE actions SET status = 'pending', attempts = 0, due_at = ?2
