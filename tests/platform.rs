@@ -279,7 +279,7 @@ fn a_refused_creation_is_dead_lettered_and_reported_to_the_scripts() {
         action["last_error"]
             .as_str()
             .unwrap()
-            .contains("error 123002"),
+            .contains("error 123002: invalid task); the device or the package does not exist"),
         "{action:#}"
     );
     let reported = wait_until(TASK_TIMEOUT, || {

@@ -68,7 +68,10 @@ pub enum PlatformError {
         code: String,
         desc: String,
     },
-    #[error("the platform refused the request (HTTP {status}, error {code}: {desc})")]
+    #[error(
+        "the platform refused the request (HTTP {status}, error {code}: {desc}){}",
+        hint(code)
+    )]
     Refused {
         status: u16,
         code: String,
@@ -98,6 +101,23 @@ pub enum PlatformError {
         count: usize,
         candidates: String,
     },
+}
+
+/// What a documented refusal means (PLATFORM-NOTES.md §4.2, §4.5), for the operator.
+fn hint(code: &str) -> &'static str {
+    match code {
+        "123002" => "; the device or the package does not exist at the platform",
+        "120015" => "; the platform found the request malformed",
+        "123016" | "123019" | "123020" | "123021" => {
+            "; the package does not fit the device's type, model or manufacturer"
+        }
+        "123025" | "123026" | "123028" | "123032" | "123033" | "123034" => {
+            "; fix the retry_upgrade options (execute_type, retry_times, start_time, end_time)"
+        }
+        "100222" => "; the platform does not accept this callback URL (HTTPS with a port)",
+        "100234" => "; the callback URL conflicts with the app's existing push URL",
+        _ => "",
+    }
 }
 
 impl PlatformError {
