@@ -1,5 +1,6 @@
-//! The client-side call limit: at most `max` calls in any window of `window` (60 s for the
-//! platform's "100 calls per 60 s per app", PLATFORM-NOTES.md §4.4).
+//! The client-side call limit: at most `max` calls in any window of `window` (for the
+//! platform's "100 calls per 60 s per app", PLATFORM-NOTES.md §4.4, a window a little longer
+//! than 60 s: see the client).
 //!
 //! It keeps the start times of the last `max` calls, reserved in order: call `k` may start
 //! once call `k - max` started a full window earlier. A sliding window is stricter than any
