@@ -25,7 +25,7 @@ use crate::config::PlatformConfig;
 
 pub use errors::PlatformError;
 pub use subscribe::{Subscribed, UPGRADE_TYPES};
-pub use tasks::{Confirmation, ReportedFailure, task_body};
+pub use tasks::{Confirmation, ReportedFailure};
 
 /// How long the login check waits for the platform.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);

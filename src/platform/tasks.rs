@@ -36,7 +36,7 @@ pub struct ReportedFailure {
 }
 
 /// The create-task body of §4.5: the one device, the package, and the script's policy.
-pub fn task_body(file_id: &str, op: &PlatformOp) -> Value {
+fn task_body(file_id: &str, op: &PlatformOp) -> Value {
     let mut policy = json!({ "executeType": op.execute_type });
     let optional = [
         ("retryType", op.retry_type.map(Value::from)),
