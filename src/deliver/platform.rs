@@ -117,3 +117,33 @@ fn verdict_of(error: &PlatformError) -> Verdict {
         false => Verdict::Dead { reason },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_waits_a_window_and_refusals_are_dead() {
+        let throttled = verdict_of(&PlatformError::Throttled);
+        assert!(
+            matches!(throttled, Verdict::Retry { after: Some(after), .. } if after.as_secs() == 60)
+        );
+        let refused = PlatformError::Refused {
+            status: 400,
+            code: "123002".into(),
+            desc: "x".into(),
+        };
+        assert!(
+            matches!(verdict_of(&refused), Verdict::Dead { reason } if reason.contains("123002"))
+        );
+        let down = PlatformError::Server {
+            status: 502,
+            code: "none".into(),
+            desc: String::new(),
+        };
+        assert!(matches!(
+            verdict_of(&down),
+            Verdict::Retry { after: None, .. }
+        ));
+    }
+}
