@@ -211,6 +211,17 @@ fn a_refused_token_costs_one_login_and_one_repeat() {
     server.post_accepted(&fixtures::fw_result("dev-2"));
     wait_for_tasks(&fake, &server, 2);
     assert_eq!(fake.count(Route::Login), 3);
+
+    // Revoked at the platform itself (not an injected answer): the same recovery.
+    fake.revoke_tokens();
+    server.post_accepted(&fixtures::fw_result("dev-3"));
+    wait_for_tasks(&fake, &server, 3);
+    assert_eq!(fake.count(Route::Login), 4);
+    let last = fake.requests_to(Route::CreateFirmware).pop().unwrap();
+    assert_eq!(
+        Some(bearer(&last)),
+        fake.current_token().map(|t| format!("Bearer {t}"))
+    );
 }
 
 #[test]
@@ -263,6 +274,14 @@ fn a_creation_whose_answer_was_lost_is_found_instead_of_repeated() {
             .contains("HTTP 503"),
         "{action:#}"
     );
+
+    // A 200 without an operationId: the task exists, so it is found, not created again.
+    fake.fail_next(Route::CreateSoftware, [Fault::NoOperationId]);
+    let anomaly = server.post_accepted(&sw_fail("dev-anomaly", "s3"));
+    let action = settled_action(&server, &anomaly);
+    assert_eq!(action["status"], "sent", "{action:#}");
+    assert_eq!(action["result"], fake.tasks()[2].operation_id.as_str());
+    assert_eq!(fake.tasks().len(), 3);
 }
 
 #[test]
