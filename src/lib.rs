@@ -3,8 +3,9 @@
 //! The flow is a transactional outbox, one module per stage: [`http`] receives and validates;
 //! [`store`] keeps every notification durably (group commit) before the 200 goes out;
 //! [`script`] runs the operators' rhai plugins on stored events and commits their actions with
-//! the event's outcome. [`config`], [`notification`], [`model`] and [`action`] hold what the
-//! stages share; [`cli`] is the command line.
+//! the event's outcome; [`deliver`] sends the actions, through [`platform`] for upgrade
+//! retries. [`config`], [`notification`], [`model`] and [`action`] hold what the stages share;
+//! [`cli`] is the command line.
 
 pub mod action;
 mod background;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod notification;
+pub mod platform;
 pub mod script;
 pub mod store;
 

@@ -171,9 +171,14 @@ const RETRY_PLUGIN: &str = r#"
     }
 "#;
 
+/// The platform enabled at a closed port: tasks are queued, and their creation waits for
+/// retries that these tests never reach.
 const PLATFORM_ENABLED: &str = "
 [platform]
 enabled = true
+base_url = \"http://127.0.0.1:9\"
+app_id = \"app\"
+secret = \"secret\"
 max_upgrade_retries = 2
 
 [platform.packages]

@@ -156,12 +156,12 @@ fn replay(
 
 fn print_table(events: &[EventSummary]) {
     println!(
-        "{:<26}  {:<24}  {:<28}  {:<36}  {:<8}  {:>4}  {:>7}",
+        "{:<26}  {:<24}  {:<28}  {:<36}  {:<8}  {:>4}  {:>7}  RESULTS",
         "ID", "RECEIVED", "TYPE", "DEVICE", "STATUS", "WARN", "ACTIONS"
     );
     for event in events {
         println!(
-            "{:<26}  {:<24}  {:<28}  {:<36}  {:<8}  {:>4}  {:>7}",
+            "{:<26}  {:<24}  {:<28}  {:<36}  {:<8}  {:>4}  {:>7}  {}",
             event.id,
             event.received_at,
             event.notify_type.as_deref().unwrap_or("-"),
@@ -169,6 +169,7 @@ fn print_table(events: &[EventSummary]) {
             event.status,
             event.warnings.as_array().map_or(0, Vec::len),
             event.actions,
+            event.results.join(","),
         );
     }
 }
@@ -213,9 +214,13 @@ fn print_detail(event: &EventDetail) {
             action.destination,
             action.attempts,
             action
-                .last_error
+                .result
                 .as_deref()
-                .map(|e| format!("; last error: {e}"))
+                .map(|result| format!("; result: {result}"))
+                .or_else(|| action
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!("; last error: {e}")))
                 .unwrap_or_default()
         );
     }

@@ -5,6 +5,7 @@
 mod dead;
 mod events;
 mod serve;
+mod subscribe;
 mod test;
 
 use std::io::IsTerminal;
@@ -62,6 +63,15 @@ enum Command {
         #[command(subcommand)]
         command: dead::DeadCommand,
     },
+    /// Register the callback URL at the platform for notification types.
+    Subscribe {
+        /// Where the platform should push, e.g. https://203.0.113.7:8443/v1.0.0/messageReceiver
+        #[arg(long)]
+        callback_url: String,
+        /// Comma-separated notification types (default: the four upgrade types).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+    },
 }
 
 /// Runs the command; `Err` means it could not run (exit code 2).
@@ -84,6 +94,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Events { command } => events::run(&load(&cli.config)?, command),
         Command::Dead { command } => dead::run(&load(&cli.config)?, command),
+        Command::Subscribe {
+            callback_url,
+            types,
+        } => {
+            let config = load(&cli.config)?;
+            init_logging(config.log.format);
+            subscribe::run(&config, &callback_url, types)
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! would be silently ignored is worse than an error.
 
 mod env;
+mod platform;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -16,10 +17,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use platform::{Credentials, PlatformConfig};
 pub use raw::{ChannelKind, EmailTransport, LogFormat, Validation};
-use raw::{
-    RawChannel, RawConfig, RawDelivery, RawEmail, RawPlatform, RawScripts, RawServer, RawStore,
-};
+use raw::{RawChannel, RawConfig, RawDelivery, RawEmail, RawScripts, RawServer, RawStore};
 
 /// Paths the server answers itself; callback paths may not reuse them.
 const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -141,14 +141,6 @@ pub struct ChannelConfig {
     pub headers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct PlatformConfig {
-    pub enabled: bool,
-    pub max_upgrade_retries: u32,
-    pub retry_budget_window: Duration,
-    pub packages: BTreeMap<String, String>,
-}
-
 /// A value that must never reach a log: its `Debug` prints `***`. Webhook URLs count, since
 /// Slack-style URLs carry their token in the path.
 #[derive(Clone, PartialEq, Eq)]
@@ -218,7 +210,7 @@ impl Config {
                 .into_iter()
                 .map(|(name, channel)| Ok((name.clone(), channel_from_raw(&name, channel)?)))
                 .collect::<Result<_, ConfigError>>()?,
-            platform: platform_from_raw(raw.platform),
+            platform: platform::from_raw(raw.platform)?,
             email: email_from_raw(raw.email)?,
             delivery: delivery_from_raw(raw.delivery)?,
         })
@@ -431,15 +423,6 @@ fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
     })
 }
 
-fn platform_from_raw(raw: RawPlatform) -> PlatformConfig {
-    PlatformConfig {
-        enabled: raw.enabled,
-        max_upgrade_retries: raw.max_upgrade_retries,
-        retry_budget_window: raw.retry_budget_window,
-        packages: raw.packages,
-    }
-}
-
 pub(super) fn file_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
     let message = error.message().to_owned();
     match error.span() {
@@ -549,10 +532,6 @@ mod tests {
     #[test]
     fn features_of_later_versions_are_refused_by_name() {
         for (text, key) in [
-            (
-                "[platform]\nbase_url = \"https://x:8743\"",
-                "platform.base_url",
-            ),
             ("[server.tls]\ncert = \"c.pem\"", "server.tls"),
             ("[server]\ntrusted_proxies = []", "server.trusted_proxies"),
             ("[server.auth]\ntoken = \"t\"", "server.auth"),
@@ -570,7 +549,8 @@ mod tests {
              [vars]\nops_email = \"a@b.c\"\ncodes = [\"1\", \"2\"]\n\
              [channels.ops]\nkind = \"log\"\n\
              [channels.hook]\nkind = \"webhook\"\nurl = \"https://h.example/x\"\nsecret = \"s\"\n\
-             [platform]\nenabled = true\nmax_upgrade_retries = 2\n[platform.packages]\n\"1.5\" = \"f1\"\n",
+             [platform]\nenabled = true\nmax_upgrade_retries = 2\nbase_url = \"https://p:8743\"\n\
+             app_id = \"a\"\nsecret = \"s\"\n[platform.packages]\n\"1.5\" = \"f1\"\n",
         )
         .unwrap();
         assert_eq!(config.scripts.dir, PathBuf::from("plugins"));

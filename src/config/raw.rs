@@ -291,47 +291,66 @@ pub(super) struct RawChannel {
 pub(super) struct RawPlatform {
     /// `retry_upgrade` queues tasks only when enabled. Default false.
     pub enabled: bool,
+    /// The northbound API, `https://{host}:8743`. Required when enabled.
+    pub base_url: String,
+    /// The application's appId; sent at login and as `app_key`. Required when enabled.
+    pub app_id: String,
+    /// The application's secret, for login only. A secret: never logged. Required when enabled.
+    pub secret: String,
+    /// PEM client certificate for mutual TLS; set together with `client_key`.
+    pub client_cert: PathBuf,
+    /// PEM private key of `client_cert`. A secret: never logged.
+    pub client_key: PathBuf,
+    /// PEM CA certificate(s) the platform's server certificate is checked against, instead of
+    /// the system's roots.
+    pub ca_cert: PathBuf,
+    /// Check that the platform's certificate names the host of `base_url`. Platforms reached
+    /// by IP address often present a name that does not match: set false there, together with
+    /// `ca_cert`, so the certificate is still checked against that CA. Default true.
+    pub verify_hostname: bool,
+    /// Calls per app in any 60 s. The platform throttles above its limit (100 by default)
+    /// with 403 `1010009`; above it here, calls fail and are retried later. 0 turns the
+    /// client-side limit off (only for a platform without a throttle). Default 100.
+    pub max_calls_per_minute: u32,
     /// Tasks `retry_upgrade` may create per device and target version within
     /// `retry_budget_window`. Default 3.
     pub max_upgrade_retries: u32,
     /// How long a budget lasts from its first retry. Default 7 d.
     #[serde(with = "humantime_serde")]
     pub retry_budget_window: Duration,
-    /// `targetVersion` → `fileId`.
+    /// Before creating a task, confirm at the platform that the failed sub-operation exists
+    /// for the device and the configured app; a forged or stale failure is then `skipped`.
+    /// Costs one or more calls per retry. Default false.
+    pub verify_before_retry: bool,
+    /// Narrow the package lookup to this device type; empty matches any. Default empty.
+    pub device_type: String,
+    /// Narrow the package lookup to this manufacturer; empty matches any. Default empty.
+    pub manufacturer_name: String,
+    /// Narrow the package lookup to this model; empty matches any. Default empty.
+    pub model: String,
+    /// `targetVersion` → `fileId`; versions not listed are looked up at the platform.
     pub packages: BTreeMap<String, String>,
-    pub base_url: Option<toml::Value>,
-    pub app_id: Option<toml::Value>,
-    pub secret: Option<toml::Value>,
-    pub client_cert: Option<toml::Value>,
-    pub client_key: Option<toml::Value>,
-    pub ca_cert: Option<toml::Value>,
-    pub verify_hostname: Option<toml::Value>,
-    pub max_calls_per_minute: Option<toml::Value>,
-    pub verify_before_retry: Option<toml::Value>,
-    pub device_type: Option<toml::Value>,
-    pub manufacturer_name: Option<toml::Value>,
-    pub model: Option<toml::Value>,
 }
 
 impl Default for RawPlatform {
     fn default() -> Self {
         RawPlatform {
             enabled: false,
+            base_url: String::new(),
+            app_id: String::new(),
+            secret: String::new(),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+            ca_cert: PathBuf::new(),
+            verify_hostname: true,
+            max_calls_per_minute: 100,
             max_upgrade_retries: 3,
             retry_budget_window: Duration::from_secs(7 * 24 * 3600),
+            verify_before_retry: false,
+            device_type: String::new(),
+            manufacturer_name: String::new(),
+            model: String::new(),
             packages: BTreeMap::new(),
-            base_url: None,
-            app_id: None,
-            secret: None,
-            client_cert: None,
-            client_key: None,
-            ca_cert: None,
-            verify_hostname: None,
-            max_calls_per_minute: None,
-            verify_before_retry: None,
-            device_type: None,
-            manufacturer_name: None,
-            model: None,
         }
     }
 }
@@ -339,7 +358,6 @@ impl Default for RawPlatform {
 impl RawConfig {
     /// The keys present that this version does not support.
     pub fn unbuilt_keys(&self) -> Vec<&'static str> {
-        let platform = &self.platform;
         [
             (
                 "server.trusted_proxies",
@@ -351,30 +369,6 @@ impl RawConfig {
             ),
             ("server.tls", self.server.tls.is_some()),
             ("server.auth", self.server.auth.is_some()),
-            ("platform.base_url", platform.base_url.is_some()),
-            ("platform.app_id", platform.app_id.is_some()),
-            ("platform.secret", platform.secret.is_some()),
-            ("platform.client_cert", platform.client_cert.is_some()),
-            ("platform.client_key", platform.client_key.is_some()),
-            ("platform.ca_cert", platform.ca_cert.is_some()),
-            (
-                "platform.verify_hostname",
-                platform.verify_hostname.is_some(),
-            ),
-            (
-                "platform.max_calls_per_minute",
-                platform.max_calls_per_minute.is_some(),
-            ),
-            (
-                "platform.verify_before_retry",
-                platform.verify_before_retry.is_some(),
-            ),
-            ("platform.device_type", platform.device_type.is_some()),
-            (
-                "platform.manufacturer_name",
-                platform.manufacturer_name.is_some(),
-            ),
-            ("platform.model", platform.model.is_some()),
         ]
         .into_iter()
         .filter_map(|(key, present)| present.then_some(key))

@@ -11,6 +11,7 @@
 mod breaker;
 mod email;
 mod payload;
+mod platform;
 mod retry;
 mod send;
 
@@ -25,17 +26,17 @@ use tokio::task::JoinSet;
 use crate::config::{Config, DeliveryConfig};
 use crate::metrics::Metrics;
 use crate::model::Millis;
+use crate::platform::Platform;
 use crate::store::{Attempt, DeliveryUpdate, Intake, PendingAction, Store, StoreError};
 use breaker::{Admission, Breaker, Change};
 pub use email::MailerError;
+use platform::PlatformSender;
 use retry::{Backoff, Verdict};
 use send::Sender;
 
 /// The longest the scheduler sleeps: retries fall due, and CLI commands re-queue dead letters,
 /// without anyone waking it.
 const MAX_IDLE: Duration = Duration::from_secs(1);
-/// Actions queued for the platform wait for the platform client.
-const PLATFORM: &str = "platform";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -45,6 +46,8 @@ pub enum DeliveryError {
     Client(#[from] reqwest::Error),
     #[error("cannot start delivery: {0}")]
     Thread(#[from] std::io::Error),
+    #[error(transparent)]
+    Platform(#[from] crate::platform::PlatformError),
 }
 
 /// The running delivery stage; [`Deliverer::stop`] lets in-flight sends finish.
@@ -81,7 +84,16 @@ impl Deliverer {
     ) -> Result<Deliverer, DeliveryError> {
         let policy = config.delivery.clone();
         let mailer = email::Mailer::new(&config.email, policy.timeout)?;
-        let sender = Sender::new(config.channels.clone(), mailer, policy.timeout)?;
+        let platform = match config.platform.enabled {
+            true => Some(PlatformSender {
+                platform: Arc::new(Platform::new(&config.platform, policy.timeout)?),
+                store: Arc::clone(&store),
+                intake: intake.clone(),
+                verify: config.platform.verify_before_retry,
+            }),
+            false => None,
+        };
+        let sender = Sender::new(config.channels.clone(), mailer, platform, policy.timeout)?;
         let backoff = Backoff {
             initial: policy.backoff_initial,
             max: policy.backoff_max,
@@ -209,9 +221,6 @@ impl Scheduler {
         now: Millis,
         sends: &mut JoinSet<String>,
     ) -> Result<(), StoreError> {
-        if destination == PLATFORM {
-            return Ok(());
-        }
         let Some(take) = self.admit(destination, now) else {
             return Ok(());
         };
@@ -301,7 +310,7 @@ impl Scheduler {
     async fn deliver(self: Arc<Self>, pending: PendingAction) -> String {
         let started = Instant::now();
         let at_start = Millis::now();
-        let guard = self.policy.timeout + Duration::from_secs(1);
+        let guard = self.sender.time_limit(&pending.action);
         let verdict = tokio::time::timeout(guard, self.sender.send(&pending))
             .await
             .unwrap_or_else(|_| Verdict::Retry {
@@ -343,7 +352,9 @@ impl Scheduler {
         let now = Instant::now();
         match verdict {
             // A refusal (4xx) is an answer: the destination is up, only the message is wrong.
-            Verdict::Sent { .. } | Verdict::Dead { .. } => state.breaker.record(true, now),
+            Verdict::Sent { .. } | Verdict::Dead { .. } | Verdict::Skipped { .. } => {
+                state.breaker.record(true, now)
+            }
             Verdict::Retry { .. } => state.breaker.record(false, now),
             Verdict::Unsendable { .. } => {
                 state.breaker.forget_probe(now);
@@ -392,6 +403,13 @@ impl Scheduler {
                     due_at,
                 }
             }
+            Verdict::Skipped { reason } => {
+                tracing::info!(action_id = %pending.id, destination = %pending.destination, reason = %reason, "action skipped");
+                DeliveryUpdate::Skipped {
+                    id,
+                    attempt: attempt("skipped", Some(reason)),
+                }
+            }
             Verdict::Dead { reason } | Verdict::Unsendable { reason } => {
                 tracing::error!(action_id = %pending.id, destination = %pending.destination, error = %reason, "action dead-lettered");
                 DeliveryUpdate::Dead {
@@ -414,6 +432,7 @@ impl Scheduler {
             }
             Verdict::Retry { .. } if pending.attempts + 1 >= self.policy.max_attempts => "dead",
             Verdict::Retry { .. } => "retried",
+            Verdict::Skipped { .. } => "skipped",
             Verdict::Dead { .. } | Verdict::Unsendable { .. } => "dead",
         };
         self.metrics.action(kind, channel, outcome);

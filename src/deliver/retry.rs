@@ -21,6 +21,9 @@ pub enum Verdict {
     },
     /// The destination refused it for good: straight to the dead-letter queue.
     Dead { reason: String },
+    /// Deliberately not sent (a failure the platform did not confirm): recorded as
+    /// `skipped` with the reason, never retried.
+    Skipped { reason: String },
     /// It could not even be sent (an address or URL that cannot be used, a channel no longer
     /// configured): dead-lettered like `Dead`, but the destination never saw it, so it says
     /// nothing about the destination's health.
@@ -128,7 +131,9 @@ mod tests {
             let kind = match verdict {
                 Verdict::Sent { .. } => "sent",
                 Verdict::Retry { .. } => "retry",
-                Verdict::Dead { .. } | Verdict::Unsendable { .. } => "dead",
+                Verdict::Dead { .. } | Verdict::Unsendable { .. } | Verdict::Skipped { .. } => {
+                    "dead"
+                }
             };
             assert_eq!(kind, expected, "{status}");
         }

@@ -11,18 +11,26 @@ use serde_json::Value;
 
 use super::email::Mailer;
 use super::payload::{chat_body, dingtalk_url, feishu_sign, webhook_signature};
+use super::platform::PlatformSender;
 use super::retry::{Verdict, classify_http};
-use crate::action::{ActionSpec, Chat, Webhook};
+use crate::action::{Action, ActionSpec, Chat, Webhook};
 use crate::config::{ChannelConfig, ChannelKind};
 use crate::store::PendingAction;
 
 /// How much of an error answer is kept in `last_error`.
 const ERROR_EXCERPT: usize = 200;
+/// A platform delivery makes several calls, each bounded by `delivery.timeout`, and may wait
+/// for the call limit and out throttling; its guard only catches a hang.
+const PLATFORM_CALLS: u32 = 10;
+const PLATFORM_WAITS: Duration = Duration::from_secs(120);
 
 pub struct Sender {
     client: reqwest::Client,
     channels: BTreeMap<String, ChannelConfig>,
     mailer: Mailer,
+    /// Set when the platform is enabled.
+    platform: Option<PlatformSender>,
+    timeout: Duration,
     /// Where `log` channels write their messages.
     chat_dir: PathBuf,
 }
@@ -31,6 +39,7 @@ impl Sender {
     pub fn new(
         channels: BTreeMap<String, ChannelConfig>,
         mailer: Mailer,
+        platform: Option<PlatformSender>,
         timeout: Duration,
     ) -> reqwest::Result<Sender> {
         let client = reqwest::Client::builder()
@@ -41,8 +50,19 @@ impl Sender {
             client,
             channels,
             mailer,
+            platform,
+            timeout,
             chat_dir: PathBuf::from("data/chat"),
         })
+    }
+
+    /// The longest one send of `action` may take before it is abandoned as hung.
+    pub fn time_limit(&self, action: &Action) -> Duration {
+        let single = self.timeout + Duration::from_secs(1);
+        match action.spec {
+            ActionSpec::Platform(_) => single * PLATFORM_CALLS + PLATFORM_WAITS,
+            _ => single,
+        }
     }
 
     pub async fn send(&self, pending: &PendingAction) -> Verdict {
@@ -54,9 +74,12 @@ impl Sender {
             }
             ActionSpec::Chat(chat) => self.chat(chat, pending).await,
             ActionSpec::Webhook(webhook) => self.webhook(webhook, pending).await,
-            ActionSpec::Platform(_) => Verdict::Retry {
-                reason: "platform actions are sent by the platform client".to_owned(),
-                after: None,
+            ActionSpec::Platform(op) => match &self.platform {
+                Some(platform) => platform.send(op, pending).await,
+                None => Verdict::Unsendable {
+                    reason: "the platform is disabled; set platform.enabled = true, then run                              `notirouter dead retry --all`"
+                        .to_owned(),
+                },
             },
         }
     }

@@ -110,6 +110,11 @@ pub struct EventSummary {
     pub warnings: serde_json::Value,
     pub actions: u64,
     pub error: Option<String>,
+    /// What destinations returned for this event's actions (e.g. the platform's
+    /// `operationId`), oldest first. Shown in the table only: the JSON keys are SPEC.md's
+    /// fixed set, and `events show --json` has each action's result.
+    #[serde(skip_serializing)]
+    pub results: Vec<String>,
 }
 
 /// One event's whole story, for `events show`.
@@ -193,6 +198,9 @@ pub struct PendingAction {
     pub created_at: Millis,
     /// Attempts made so far.
     pub attempts: u32,
+    /// When an attempt that may have reached the destination without an answer (a platform
+    /// task creation) started; cleared by nothing but the action's end.
+    pub in_flight_since: Option<Millis>,
 }
 
 /// One attempt, as `events show` lists it.
@@ -201,7 +209,7 @@ pub struct Attempt {
     pub number: u32,
     pub at: Millis,
     pub duration_ms: u64,
-    /// `sent`, `retry` or `dead`.
+    /// `sent`, `retry`, `skipped` or `dead`.
     pub outcome: String,
     pub error: Option<String>,
 }
@@ -220,8 +228,15 @@ pub enum DeliveryUpdate {
         due_at: Millis,
     },
     /// Given up: the action is dead-lettered and, unless it was queued while handling an
-    /// `actionFailed`, an `actionFailed` event is stored for the scripts.
+    /// `actionFailed`, an `actionFailed` event is stored for the scripts. A platform task
+    /// gives its unit of the upgrade retry budget back, since no task was created.
     Dead { id: String, attempt: Attempt },
+    /// Deliberately not sent (e.g. a failure the platform did not confirm); the attempt's
+    /// error says why.
+    Skipped { id: String, attempt: Attempt },
+    /// An attempt that the destination may act on without answering is about to start; made
+    /// durable first, so that a restart looks before it sends again.
+    InFlight { id: String, at: Millis },
     /// The destination's breaker is open: its pending actions wait until `until`, and the wait
     /// does not count as an attempt.
     Deferred { destination: String, until: Millis },

@@ -37,8 +37,8 @@ impl SqliteStore {
         let reader = self.reader();
         let rows: Vec<PendingRow> = reader
             .prepare_cached(
-                "SELECT id, event_id, destination, payload, idempotency_key, created_at, attempts
-                 FROM actions WHERE status = 'pending' AND destination = ?1 AND due_at <= ?2
+                "SELECT id, event_id, destination, payload, idempotency_key, created_at, attempts,
+                 in_flight_at FROM actions WHERE status = 'pending' AND destination = ?1 AND due_at <= ?2
                  ORDER BY due_at LIMIT ?3",
             )
             .and_then(|mut statement| {
@@ -115,15 +115,21 @@ impl SqliteStore {
                     insert_attempt(transaction, id, attempt)?;
                 }
                 DeliveryUpdate::Dead { id, attempt } => {
-                    execute_cached(
-                        transaction,
-                        "UPDATE actions SET status = 'dead', attempts = ?2, last_error = ?3 WHERE id = ?1",
-                        params![id, attempt.number, attempt.error],
-                    )
-                    .map_err(database("dead-lettering an action"))?;
-                    insert_attempt(transaction, id, attempt)?;
+                    finish(transaction, id, "dead", attempt)?;
+                    give_budget_back(transaction, id)?;
                     raised +=
                         usize::from(self.raise_action_failed(transaction, id, attempt, now)?);
+                }
+                DeliveryUpdate::Skipped { id, attempt } => {
+                    finish(transaction, id, "skipped", attempt)?;
+                }
+                DeliveryUpdate::InFlight { id, at } => {
+                    execute_cached(
+                        transaction,
+                        "UPDATE actions SET in_flight_at = ?2 WHERE id = ?1",
+                        params![id, at.0],
+                    )
+                    .map_err(database("marking an action in flight"))?;
                 }
                 DeliveryUpdate::Deferred { destination, until } => {
                     execute_cached(
@@ -238,6 +244,20 @@ impl SqliteStore {
     pub(super) fn write_requeue(&self, id: Option<&str>) -> Result<usize, StoreError> {
         let mut writer = self.writer();
         let transaction = begin(&mut writer)?;
+        // A dead platform task gave its budget unit back; queued again, it takes it again
+        // (the operator's explicit retry may exceed the budget).
+        transaction
+            .execute(
+                "WITH requeued AS (
+                    SELECT json_extract(payload, '$.device_id') AS device,
+                           json_extract(payload, '$.target_version') AS version
+                    FROM actions WHERE status = 'dead' AND kind = 'platform' AND (?1 IS NULL OR id = ?1))
+                 UPDATE upgrade_budget SET retries = retries + (SELECT count(*) FROM requeued
+                    WHERE device = upgrade_budget.device_id AND version = upgrade_budget.target_version)
+                 WHERE (device_id, target_version) IN (SELECT device, version FROM requeued)",
+                params![id],
+            )
+            .map_err(database("taking the upgrade budget back for re-queued tasks"))?;
         let requeued = transaction
             .execute(
                 "UPDATE actions SET status = 'pending', attempts = 0, due_at = ?2
@@ -267,6 +287,37 @@ impl SqliteStore {
     }
 }
 
+/// Ends an action without sending it: `dead` or `skipped`, with the attempt's error.
+fn finish(
+    transaction: &Transaction<'_>,
+    id: &str,
+    status: &str,
+    attempt: &Attempt,
+) -> Result<(), StoreError> {
+    execute_cached(
+        transaction,
+        "UPDATE actions SET status = ?2, attempts = ?3, last_error = ?4 WHERE id = ?1",
+        params![id, status, attempt.number, attempt.error],
+    )
+    .map_err(database("ending an action"))?;
+    insert_attempt(transaction, id, attempt)
+}
+
+/// A dead platform task was never created, so its retry does not count against the device's
+/// budget (never below zero, should the window have restarted meanwhile).
+fn give_budget_back(transaction: &Transaction<'_>, id: &str) -> Result<(), StoreError> {
+    transaction
+        .execute(
+            "UPDATE upgrade_budget SET retries = max(retries - 1, 0)
+             WHERE (device_id, target_version) IN (
+                SELECT json_extract(payload, '$.device_id'), json_extract(payload, '$.target_version')
+                FROM actions WHERE id = ?1 AND kind = 'platform')",
+            [id],
+        )
+        .map_err(database("giving a retry back to the upgrade budget"))?;
+    Ok(())
+}
+
 /// A due action as read, before its payload is parsed.
 struct PendingRow {
     id: String,
@@ -276,6 +327,7 @@ struct PendingRow {
     idempotency_key: String,
     created_at: i64,
     attempts: u32,
+    in_flight_at: Option<i64>,
 }
 
 fn pending_row(row: &Row<'_>) -> rusqlite::Result<PendingRow> {
@@ -287,6 +339,7 @@ fn pending_row(row: &Row<'_>) -> rusqlite::Result<PendingRow> {
         idempotency_key: row.get(4)?,
         created_at: row.get(5)?,
         attempts: row.get(6)?,
+        in_flight_at: row.get(7)?,
     })
 }
 
@@ -303,6 +356,7 @@ impl PendingRow {
             idempotency_key: self.idempotency_key,
             created_at: Millis(self.created_at),
             attempts: self.attempts,
+            in_flight_since: self.in_flight_at.map(Millis),
         })
     }
 }

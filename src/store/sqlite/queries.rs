@@ -7,7 +7,9 @@ use crate::model::{EventId, Millis};
 use crate::store::{ActionRecord, EventDetail, EventFilter, EventSummary, StoreError, StoredEvent};
 
 const SUMMARY_COLUMNS: &str = "e.id, e.received_at, e.notify_type, e.device_id, e.status,
-    e.warnings, (SELECT count(*) FROM actions a WHERE a.event_id = e.id), e.error";
+    e.warnings, (SELECT count(*) FROM actions a WHERE a.event_id = e.id), e.error,
+    (SELECT json_group_array(result) FROM (SELECT result FROM actions a WHERE a.event_id = e.id
+     AND a.result IS NOT NULL ORDER BY a.created_at, a.id))";
 
 /// The columns of [`StoredEvent`], in the order [`stored_event`] reads them.
 pub(super) const STORED_COLUMNS: &str = "seq, id, received_at, path, remote_addr, notify_type,
@@ -49,12 +51,12 @@ impl SqliteStore {
             .and_then(|mut statement| {
                 statement
                     .query_row(params![id.seq(), id.to_string()], |row| {
-                        let body: Vec<u8> = row.get(10)?;
-                        let plugins: String = row.get(11)?;
+                        let body: Vec<u8> = row.get(11)?;
+                        let plugins: String = row.get(12)?;
                         Ok((
                             summary_columns(row)?,
-                            row.get(8)?,
                             row.get(9)?,
+                            row.get(10)?,
                             body,
                             plugins,
                         ))
@@ -190,6 +192,7 @@ struct SummaryRow {
     warnings: String,
     actions: i64,
     error: Option<String>,
+    results: String,
 }
 
 fn summary_columns(row: &Row<'_>) -> rusqlite::Result<SummaryRow> {
@@ -202,6 +205,7 @@ fn summary_columns(row: &Row<'_>) -> rusqlite::Result<SummaryRow> {
         warnings: row.get(5)?,
         actions: row.get(6)?,
         error: row.get(7)?,
+        results: row.get(8)?,
     })
 }
 
@@ -209,6 +213,12 @@ impl SummaryRow {
     fn into_summary(self) -> Result<EventSummary, StoreError> {
         let warnings = serde_json::from_str(&self.warnings).map_err(|_| {
             StoreError::Damaged(format!("event {} has warnings that are not JSON", self.id))
+        })?;
+        let results = serde_json::from_str(&self.results).map_err(|_| {
+            StoreError::Damaged(format!(
+                "event {} has action results that are not text",
+                self.id
+            ))
         })?;
         Ok(EventSummary {
             id: self.id,
@@ -219,6 +229,7 @@ impl SummaryRow {
             warnings,
             actions: u64::try_from(self.actions).unwrap_or(0),
             error: self.error,
+            results,
         })
     }
 }

@@ -97,6 +97,10 @@ const MIGRATIONS: &[&str] = &[
         error TEXT
     );
     CREATE INDEX action_attempts_by_action ON action_attempts (action_id);",
+    // 4: platform actions: when a task creation was last started. The platform has no
+    // idempotency key, so an action with this set is looked for at the platform before it is
+    // created again.
+    "ALTER TABLE actions ADD COLUMN in_flight_at INTEGER;",
 ];
 
 /// Brings the schema up to date.
