@@ -10,6 +10,7 @@
 
 mod env;
 mod raw;
+mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ pub use raw::{ChannelKind, EmailTransport, LogFormat, Validation};
 use raw::{
     RawChannel, RawConfig, RawDelivery, RawEmail, RawPlatform, RawScripts, RawServer, RawStore,
 };
+pub use server::{AccessConfig, Limits, TlsConfig, check_token, parse_net};
 
 /// Paths the server answers itself; callback paths may not reuse them.
 const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -106,6 +108,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub validation: Validation,
     pub accept_timeout: Duration,
+    /// `/metrics` only on this address, when set.
+    pub metrics_listen: Option<SocketAddr>,
+    /// HTTPS when set.
+    pub tls: Option<TlsConfig>,
+    pub access: AccessConfig,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -280,6 +288,10 @@ fn server_from_raw(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         max_body_bytes: raw.max_body_bytes,
         validation: raw.validation,
         accept_timeout: raw.accept_timeout,
+        metrics_listen: server::metrics_listen_from_raw(&raw.metrics_listen)?,
+        tls: server::tls_from_raw(raw.tls)?,
+        access: server::access_from_raw(raw.auth, &raw.trusted_proxies)?,
+        limits: server::limits_from_raw(raw.max_connections, raw.header_timeout, raw.keep_alive)?,
     })
 }
 
@@ -553,9 +565,7 @@ mod tests {
                 "[platform]\nbase_url = \"https://x:8743\"",
                 "platform.base_url",
             ),
-            ("[server.tls]\ncert = \"c.pem\"", "server.tls"),
-            ("[server]\ntrusted_proxies = []", "server.trusted_proxies"),
-            ("[server.auth]\ntoken = \"t\"", "server.auth"),
+            ("[platform]\nsecret = \"s\"", "platform.secret"),
         ] {
             let error = parse(text).unwrap_err().to_string();
             let expected = "not supported in this version of notirouter; remove it from the config";
