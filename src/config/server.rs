@@ -198,4 +198,77 @@ mod tests {
             "{error}"
         );
     }
+
+    fn parse(text: &str) -> Result<crate::config::Config, ConfigError> {
+        crate::config::Config::parse(text, std::path::Path::new("test.toml"), Vec::new())
+    }
+
+    #[test]
+    fn the_exposure_keys_are_read_and_default_to_open_plain_http() {
+        let server = parse("").unwrap().server;
+        assert!(server.tls.is_none() && server.metrics_listen.is_none());
+        assert!(server.access.token.is_none() && server.access.allow_ips.is_empty());
+        assert_eq!(server.limits.max_connections, 1024);
+        assert_eq!(server.limits.header_timeout, Duration::from_secs(5));
+        let server = parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\nmetrics_listen = \"127.0.0.1:9090\"\n\
+             max_connections = 10\nheader_timeout = \"2s\"\nkeep_alive = \"0s\"\n\
+             [server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             [server.auth]\ntoken = \"0123456789abcdef\"\nopen_paths = [\"/cb/x\"]\nallow_ips = [\"::1\"]\n",
+        )
+        .unwrap()
+        .server;
+        let tls = server.tls.unwrap();
+        assert_eq!((tls.cert, tls.client_ca), (PathBuf::from("c.pem"), None));
+        assert_eq!(
+            server.metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(format!("{:?}", server.access.token), "Some(***)");
+        assert_eq!(server.access.allow_ips[0].to_string(), "::1/128");
+        assert_eq!(server.access.trusted_proxies[0].to_string(), "10.0.0.0/8");
+        assert_eq!(server.limits.keep_alive, Duration::ZERO);
+    }
+
+    #[test]
+    fn exposure_errors_name_the_key_and_what_to_do() {
+        for (text, expected) in [
+            (
+                "[server.auth]\nallow_ips = [\"::1\", \"nope\"]",
+                "server.auth.allow_ips[1]: \"nope\" is not",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"1.2.3.4/40\"]",
+                "server.trusted_proxies[0]:",
+            ),
+            (
+                "[server.auth]\nopen_paths = [\"/a\"]",
+                "server.auth.open_paths: has no effect",
+            ),
+            (
+                "[server.auth]\ntoken = \"abc\"",
+                "server.auth.token: is shorter",
+            ),
+            ("[server.tls]\ncert = \"c.pem\"", "missing field `key`"),
+            (
+                "[server.tls]\ncert = \"\"\nkey = \"k\"",
+                "server.tls.cert: must name a PEM file",
+            ),
+            (
+                "[server]\nmetrics_listen = \"9090\"",
+                "server.metrics_listen: \"9090\" is not",
+            ),
+            (
+                "[server]\nheader_timeout = \"0s\"",
+                "server.header_timeout: must be longer",
+            ),
+            (
+                "[server]\nmax_connections = 0",
+                "server.max_connections: must be at least 1",
+            ),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
 }
