@@ -271,4 +271,23 @@ mod tests {
             assert!(error.contains(expected), "{text}: {error}");
         }
     }
+
+    #[test]
+    fn every_toml_example_in_the_readme_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .collect();
+        assert!(
+            blocks.len() >= 2,
+            "the README's TOML examples were not found"
+        );
+        for block in blocks {
+            if let Err(error) = parse(block) {
+                panic!("{error}\n{block}");
+            }
+        }
+    }
 }
