@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::store::Intake;
 
 pub use access::client_address;
-pub use error::{Denial, Refusal};
+pub use error::Refusal;
 use receive::Receiver;
 pub use tls::{TlsError, check_files as check_tls_files};
 
