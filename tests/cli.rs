@@ -149,12 +149,6 @@ fn check_cannot_run_on_a_missing_file() {
 fn check_refuses_sections_of_features_not_built_yet() {
     for (text, key) in [
         ("[platform]\napp_id = \"app\"\n", "platform.app_id"),
-        ("[server.tls]\ncert = \"cert.pem\"\n", "server.tls"),
-        ("[server.auth]\ntoken = \"t\"\n", "server.auth"),
-        (
-            "[server]\nmetrics_listen = \"127.0.0.1:9090\"\n",
-            "server.metrics_listen",
-        ),
         (
             "[platform]\nbase_url = \"https://x:8743\"\n",
             "platform.base_url",
