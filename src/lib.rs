@@ -61,6 +61,8 @@ pub enum ServeError {
     Watch(String, notify_debouncer_mini::notify::Error),
     #[error(transparent)]
     Delivery(#[from] deliver::DeliveryError),
+    #[error(transparent)]
+    Endpoints(#[from] http::EndpointError),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
@@ -85,6 +87,7 @@ pub async fn serve_with_store(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + 'static,
 ) -> Result<(), ServeError> {
+    let endpoints = http::Endpoints::prepare(&config.server, listener)?;
     let metrics = Arc::new(Metrics::new());
     let scripts = load_scripts(&config, &metrics)?;
     let signals = Signals::default();
@@ -116,10 +119,15 @@ pub async fn serve_with_store(
         false => None,
     };
     let pruner = actix_web::rt::spawn(prune_periodically(intake.clone(), config.store.retention));
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(addr = %address, "listening");
+    if let Some(address) = endpoints.main_addr() {
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(addr = %address, scheme, "listening");
     }
-    let served = http::run(&config, listener, intake, metrics, shutdown).await;
+    let served = http::run(&config, endpoints, intake, metrics, shutdown).await;
     pruner.abort();
     let _ = pruner.await;
     if let Some(reloader) = reloader {

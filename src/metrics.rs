@@ -124,6 +124,7 @@ pub struct Metrics {
     warnings: Family<TypeLabels, Counter>,
     rejections: Family<ReasonLabels, Counter>,
     rejected_not_kept: Counter,
+    denied: Family<ReasonLabels, Counter>,
     receive_seconds: Histogram,
     pub intake: IntakeMetrics,
     script_runs: Family<PluginLabels, Counter>,
@@ -143,6 +144,7 @@ impl Metrics {
         let warnings = Family::<TypeLabels, Counter>::default();
         let rejections = Family::<ReasonLabels, Counter>::default();
         let rejected_not_kept = Counter::default();
+        let denied = Family::<ReasonLabels, Counter>::default();
         let receive_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         let intake = IntakeMetrics::default();
         registry.register(
@@ -164,6 +166,11 @@ impl Metrics {
             "rejected_bodies_not_kept",
             "Refused bodies not kept because the store's queue was full",
             rejected_not_kept.clone(),
+        );
+        registry.register(
+            "access_denied",
+            "Requests turned away by server.auth (401, 403), by reason; never stored",
+            denied.clone(),
         );
         registry.register(
             "receive_duration_seconds",
@@ -237,6 +244,7 @@ impl Metrics {
             warnings,
             rejections,
             rejected_not_kept,
+            denied,
             receive_seconds,
             intake,
             script_runs,
@@ -315,6 +323,10 @@ impl Metrics {
 
     pub fn rejected_not_kept(&self) {
         self.rejected_not_kept.inc();
+    }
+
+    pub fn denied(&self, reason: &'static str) {
+        self.denied.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn receive_duration(&self, seconds: f64) {

@@ -146,27 +146,6 @@ fn check_cannot_run_on_a_missing_file() {
 }
 
 #[test]
-fn check_refuses_sections_of_features_not_built_yet() {
-    for (text, key) in [
-        ("[server.tls]\ncert = \"cert.pem\"\n", "server.tls"),
-        ("[server.auth]\ntoken = \"t\"\n", "server.auth"),
-        (
-            "[server]\nmetrics_listen = \"127.0.0.1:9090\"\n",
-            "server.metrics_listen",
-        ),
-    ] {
-        let (_, output) = check(text);
-        assert_exit(&output, 1);
-        let message = all_output(&output);
-        assert!(message.contains(key), "{text}: {message}");
-        assert!(
-            message.contains("not supported in this version"),
-            "{text}: {message}"
-        );
-    }
-}
-
-#[test]
 fn check_names_an_environment_variable_with_an_invalid_value() {
     let (_dir, path) = config_file(&full_config());
     let output = run_cli_with_env(&path, &["check"], &[("NOTIROUTER__SERVER__LISTEN", "nope")]);

@@ -743,3 +743,31 @@ mod mutual_tls {
         assert_eq!(fake.count(Route::Login), 2);
     }
 }
+
+#[test]
+fn doctor_logs_in_to_the_platform_and_says_when_the_credentials_are_refused() {
+    let fake = FakePlatform::start();
+    let (_dir, path) = config_file(&fake.config(""));
+    let output = run_cli(&path, &["doctor"]);
+    let report = stdout(&output);
+    let platform_line = |report: &str| {
+        report
+            .lines()
+            .find(|line| line.contains(" platform"))
+            .unwrap_or_else(|| panic!("no platform line:\n{report}"))
+            .to_owned()
+    };
+    assert!(
+        platform_line(&report).starts_with("ok") && report.contains("logged in to"),
+        "{report}"
+    );
+    assert_eq!(fake.count(Route::Login), 1);
+
+    let wrong = fake.config("").replace(SECRET, "not-the-secret");
+    let (_dir, path) = config_file(&wrong);
+    let output = run_cli(&path, &["doctor"]);
+    assert_exit(&output, 1);
+    let report = stdout(&output);
+    assert!(platform_line(&report).starts_with("PROBLEM"), "{report}");
+    assert!(!all_output(&output).contains("not-the-secret"), "{report}");
+}

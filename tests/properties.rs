@@ -1,10 +1,14 @@
 //! Property tests of the parsing, validation and config paths: any input gives an answer,
-//! never a panic, and the duplicate key ignores layout but nothing else. Case counts are
+//! never a panic, and the duplicate key ignores layout but nothing else; address lists,
+//! `X-Forwarded-For` and tokens are read without panicking and without leaking the token. Case counts are
 //! bounded so the suite stays fast; `PROPTEST_CASES` raises them for a longer hunt.
 
 use std::path::Path;
 
-use notirouter::config::Config;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use notirouter::config::{Config, check_token, parse_net};
+use notirouter::http::client_address;
 use notirouter::notification::{self, BodyError};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -149,4 +153,45 @@ proptest! {
             );
         }
     }
+
+    #[test]
+    fn any_text_is_a_net_or_refused_without_panicking(text in "\\PC{0,40}") {
+        let _ = parse_net(&text);
+    }
+
+    #[test]
+    fn a_net_written_as_cidr_holds_its_address(address in ip_address(), prefix in 0u8..=128) {
+        let prefix = if address.is_ipv4() { prefix % 33 } else { prefix };
+        let net = parse_net(&format!("{address}/{prefix}")).expect("a valid CIDR parses");
+        prop_assert!(net.contains(&address), "{} does not hold {}", net, address);
+        prop_assert_eq!(parse_net(&address.to_string()).expect("an address parses").prefix_len(), net.max_prefix_len());
+    }
+
+    #[test]
+    fn any_forwarded_header_gives_an_address_or_none_and_an_untrusted_peer_is_the_client(
+        peer in ip_address(),
+        hops in prop::collection::vec(prop_oneof![ip_address().prop_map(|a| a.to_string()), "\\PC{0,20}"], 0..5),
+        trust_peer in any::<bool>(),
+    ) {
+        let trusted = if trust_peer { vec![parse_net(&peer.to_string()).expect("an address")] } else { vec![] };
+        let header = hops.join(", ");
+        let client = client_address(peer, &[header.as_str()], &trusted);
+        if !trust_peer {
+            prop_assert_eq!(client, Some(peer.to_canonical()));
+        }
+    }
+
+    #[test]
+    fn any_token_is_judged_without_panicking_and_refusals_never_repeat_it(token in "[a-zA-Z0-9 %]{8,30}") {
+        if let Err(message) = check_token(&token) {
+            prop_assert!(!message.contains(&token), "{}", message);
+        }
+    }
+}
+
+fn ip_address() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<u32>().prop_map(|bits| IpAddr::V4(Ipv4Addr::from(bits))),
+        any::<u128>().prop_map(|bits| IpAddr::V6(Ipv6Addr::from(bits))),
+    ]
 }

@@ -3,6 +3,7 @@
 //! run).
 
 mod dead;
+mod doctor;
 mod events;
 mod serve;
 mod subscribe;
@@ -17,7 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, LogFormat};
-use crate::script::{Limits, PluginSet, Settings};
+use crate::script::{Limits, PluginSet, ScriptError, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,6 +73,8 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         types: Vec<String>,
     },
+    /// Check the config, store, scripts, TLS files, SMTP and each channel; say what is wrong.
+    Doctor,
 }
 
 /// Runs the command; `Err` means it could not run (exit code 2).
@@ -102,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(config.log.format);
             subscribe::run(&config, &callback_url, types)
         }
+        Command::Doctor => doctor::run(&cli.config),
     }
 }
 
@@ -133,13 +137,18 @@ fn check(path: &Path) -> ExitCode {
 
 /// Compiles the plugins, printing `file:line:col: message` for each error; `None` if any.
 fn load_plugins(config: &Config) -> Option<Arc<PluginSet>> {
-    let settings = Arc::new(Settings::from_config(config));
-    let limits = Limits::from_config(config);
-    let (set, errors) = PluginSet::load(&config.scripts.dir, &limits, settings, None);
+    let (set, errors) = compile_plugins(config);
     for error in &errors {
         println!("{error}");
     }
     errors.is_empty().then(|| Arc::new(set))
+}
+
+/// Compiles the plugins of `scripts.dir` as `serve` would.
+fn compile_plugins(config: &Config) -> (PluginSet, Vec<ScriptError>) {
+    let settings = Arc::new(Settings::from_config(config));
+    let limits = Limits::from_config(config);
+    PluginSet::load(&config.scripts.dir, &limits, settings, None)
 }
 
 /// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).

@@ -11,6 +11,7 @@
 mod env;
 mod platform;
 mod raw;
+mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub use platform::{Credentials, PlatformConfig};
 pub use raw::{ChannelKind, EmailTransport, LogFormat, Validation};
 use raw::{RawChannel, RawConfig, RawDelivery, RawEmail, RawScripts, RawServer, RawStore};
+pub use server::{AccessConfig, Limits, TlsConfig, check_token, parse_net};
 
 /// Paths the server answers itself; callback paths may not reuse them.
 const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -106,6 +108,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub validation: Validation,
     pub accept_timeout: Duration,
+    /// `/metrics` only on this address, when set.
+    pub metrics_listen: Option<SocketAddr>,
+    /// HTTPS when set.
+    pub tls: Option<TlsConfig>,
+    pub access: AccessConfig,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -189,12 +197,6 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        if let Some(key) = raw.unbuilt_keys().first() {
-            return Err(ConfigError::invalid(
-                key,
-                "not supported in this version of notirouter; remove it from the config",
-            ));
-        }
         let vars = serde_json::to_value(&raw.vars)
             .map_err(|e| ConfigError::invalid("vars", e.to_string()))?;
         Ok(Config {
@@ -272,6 +274,10 @@ fn server_from_raw(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         max_body_bytes: raw.max_body_bytes,
         validation: raw.validation,
         accept_timeout: raw.accept_timeout,
+        metrics_listen: server::metrics_listen_from_raw(&raw.metrics_listen)?,
+        tls: server::tls_from_raw(raw.tls)?,
+        access: server::access_from_raw(raw.auth, &raw.trusted_proxies)?,
+        limits: server::limits_from_raw(raw.max_connections, raw.header_timeout, raw.keep_alive)?,
     })
 }
 
@@ -527,19 +533,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(error, "server.paths[1]: must start with '/'");
-    }
-
-    #[test]
-    fn features_of_later_versions_are_refused_by_name() {
-        for (text, key) in [
-            ("[server.tls]\ncert = \"c.pem\"", "server.tls"),
-            ("[server]\ntrusted_proxies = []", "server.trusted_proxies"),
-            ("[server.auth]\ntoken = \"t\"", "server.auth"),
-        ] {
-            let error = parse(text).unwrap_err().to_string();
-            let expected = "not supported in this version of notirouter; remove it from the config";
-            assert_eq!(error, format!("{key}: {expected}"));
-        }
     }
 
     #[test]

@@ -176,10 +176,54 @@ pub(super) struct RawServer {
     /// counts the failure toward its blocklist, so keep it below that. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub accept_timeout: Duration,
-    pub trusted_proxies: Option<toml::Value>,
-    pub metrics_listen: Option<toml::Value>,
-    pub tls: Option<toml::Value>,
-    pub auth: Option<toml::Value>,
+    /// CIDRs (or single addresses) of reverse proxies whose `X-Forwarded-For` is believed.
+    /// Default none: the peer address is the client.
+    pub trusted_proxies: Vec<String>,
+    /// A separate address for `/metrics`, e.g. `127.0.0.1:9090`; empty serves it on `listen`
+    /// (behind `[server.auth]`). Default empty.
+    pub metrics_listen: String,
+    /// Connections served at once; further ones wait in the kernel's backlog. It bounds the
+    /// receiver's memory (README, "Limits"): too low makes a burst of senders queue, too high
+    /// raises the bound. Default 1024.
+    pub max_connections: usize,
+    /// Longest time a client may take to send a request's head (and, with TLS, its handshake)
+    /// before the connection is closed; what defeats slow-header (slowloris) clients. Too short
+    /// cuts off senders on slow links. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection stays open. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    pub tls: Option<RawTls>,
+    pub auth: Option<RawAuth>,
+}
+
+/// `[server.tls]`: HTTPS on `listen`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    /// The certificate chain (PEM, leaf first). Reloaded when the file changes.
+    pub cert: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1). Reloaded when the file changes.
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; set = every client must
+    /// present one. Default empty (no client certificates).
+    #[serde(default)]
+    pub client_ca: PathBuf,
+}
+
+/// `[server.auth]`: who may post.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAuth {
+    /// Required as `?token=` or `Authorization: Bearer` on every path but `open_paths` and the
+    /// probes. A secret: never logged. Default empty (no token).
+    pub token: String,
+    /// Paths (and the paths under them) served without the token: the platform cannot send
+    /// one, so its secret callback path goes here. Default none.
+    pub open_paths: Vec<String>,
+    /// CIDRs (or single addresses), IPv4 or IPv6, that may connect; empty = any. Default empty.
+    pub allow_ips: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -190,8 +234,11 @@ impl Default for RawServer {
             max_body_bytes: 65536,
             validation: Validation::Lenient,
             accept_timeout: Duration::from_secs(10),
-            trusted_proxies: None,
-            metrics_listen: None,
+            trusted_proxies: Vec::new(),
+            metrics_listen: String::new(),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(5),
             tls: None,
             auth: None,
         }
@@ -352,26 +399,5 @@ impl Default for RawPlatform {
             model: String::new(),
             packages: BTreeMap::new(),
         }
-    }
-}
-
-impl RawConfig {
-    /// The keys present that this version does not support.
-    pub fn unbuilt_keys(&self) -> Vec<&'static str> {
-        [
-            (
-                "server.trusted_proxies",
-                self.server.trusted_proxies.is_some(),
-            ),
-            (
-                "server.metrics_listen",
-                self.server.metrics_listen.is_some(),
-            ),
-            ("server.tls", self.server.tls.is_some()),
-            ("server.auth", self.server.auth.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(key, present)| present.then_some(key))
-        .collect()
     }
 }

@@ -3,9 +3,12 @@
 //! A 4xx body is `{"error"}` or `{"error","field"}` and is logged at debug: the sender's
 //! mistake is not the operator's problem. The 503 has a generic body and `Retry-After`; the
 //! store writer has already logged the cause once.
+//!
+//! A [`Denial`] (401, 403) says nothing but its status in words: which part of the check
+//! failed, or whether a path exists, would help someone probing the receiver.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
@@ -70,6 +73,50 @@ impl ResponseError for Refusal {
     }
 }
 
+/// Why the access check turned a request away; never stored as an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("no token was sent")]
+    MissingToken,
+    #[error("the token does not match server.auth.token")]
+    WrongToken,
+    #[error("the address is outside server.auth.allow_ips")]
+    Address,
+}
+
+impl Denial {
+    /// The bounded label under which this denial is counted.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Denial::MissingToken => "missing_token",
+            Denial::WrongToken => "wrong_token",
+            Denial::Address => "address",
+        }
+    }
+}
+
+impl ResponseError for Denial {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Denial::MissingToken | Denial::WrongToken => StatusCode::UNAUTHORIZED,
+            Denial::Address => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let mut response = HttpResponse::build(status);
+        if status == StatusCode::UNAUTHORIZED {
+            response.insert_header((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        let words = status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_lowercase();
+        response.json(json!({ "error": words }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +143,18 @@ mod tests {
                 "{refusal}"
             );
         }
+    }
+
+    #[test]
+    fn denials_do_not_say_which_check_failed() {
+        let missing = Denial::MissingToken.error_response();
+        let wrong = Denial::WrongToken.error_response();
+        assert_eq!(
+            (missing.status().as_u16(), wrong.status().as_u16()),
+            (401, 401)
+        );
+        assert_eq!(missing.headers().get(WWW_AUTHENTICATE).unwrap(), "Bearer");
+        assert_eq!(Denial::Address.error_response().status().as_u16(), 403);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Liveness, readiness and metrics endpoints.
+//!
+//! `/healthz` and `/readyz` are open to every address without a token: supervisors and load
+//! balancers probe them, and they tell nothing but up and ready. `/metrics` goes through the
+//! access check like the receiver, unless it has a listener of its own.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
@@ -14,14 +17,19 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Probes {
     pub intake: Intake,
-    pub metrics: Arc<Metrics>,
 }
+
+/// The probes that skip the access check.
+pub const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/readyz", web::get().to(readyz));
+}
+
+pub fn metrics_route(config: &mut web::ServiceConfig) {
+    config.route("/metrics", web::get().to(metrics));
 }
 
 /// The process is up and serving HTTP.
@@ -41,8 +49,8 @@ async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
     }
 }
 
-async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
+async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(probes.metrics.render())
+        .body(metrics.render())
 }

@@ -8,10 +8,11 @@
 use std::time::Instant;
 
 use actix_web::http::header::CONTENT_TYPE;
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde_json::json;
 
+use super::access::ClientAddr;
 use super::error::Refusal;
 use crate::config::Validation;
 use crate::metrics::{Metrics, Outcome};
@@ -46,7 +47,7 @@ pub async fn receive(
     let arrival = Arrival {
         received_at: Millis::now(),
         path: request.path().to_owned(),
-        remote_addr: request.peer_addr().map(|address| address.ip().to_string()),
+        remote_addr: client_addr(&request).map(|address| address.to_string()),
         content_type: request
             .headers()
             .get(CONTENT_TYPE)
@@ -60,6 +61,16 @@ pub async fn receive(
         .metrics
         .receive_duration(started.elapsed().as_secs_f64());
     response
+}
+
+/// The client as the access check saw it (behind a trusted proxy, the forwarded client),
+/// else the peer.
+fn client_addr(request: &HttpRequest) -> Option<std::net::IpAddr> {
+    let decided = request
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|client| client.0);
+    decided.or_else(|| request.peer_addr().map(|peer| peer.ip()))
 }
 
 /// Reads the whole body, or stops at the first byte over `limit` and returns what was read.

@@ -277,6 +277,8 @@ pub struct TestServer {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
     addr: SocketAddr,
+    /// `http`, or `https` for a server with `[server.tls]`.
+    scheme: &'static str,
     http: Client,
 }
 
@@ -306,7 +308,16 @@ impl TestServer {
         TestServer::start_in(dir, extra_toml, &[])
     }
 
-    fn start_in(dir: TempDir, extra_toml: &str, env: &[(&str, &str)]) -> TestServer {
+    /// As [`TestServer::start_with_env`], reached over `scheme` with `client` (for HTTPS, one
+    /// that trusts the server's certificate), in `dir` (where the test may have put files the
+    /// config names).
+    pub fn start_reached_with(
+        dir: TempDir,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+        scheme: &'static str,
+        client: Client,
+    ) -> TestServer {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, server_config(dir.path(), extra_toml))
             .expect("the config file can be written");
@@ -314,18 +325,28 @@ impl TestServer {
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect();
-        TestServer::spawn(Arc::new(dir), config, env)
+        TestServer::spawn(Arc::new(dir), config, env, (scheme, client))
+    }
+
+    fn start_in(dir: TempDir, extra_toml: &str, env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_reached_with(dir, extra_toml, env, "http", http_client())
     }
 
     /// Kills this process if it still runs, then starts a new one on the same folder, config,
     /// environment and store (on a new port).
     pub fn restart(self) -> TestServer {
         let (dir, config, env) = (Arc::clone(&self.dir), self.config.clone(), self.env.clone());
+        let reach = (self.scheme, self.http.clone());
         drop(self);
-        TestServer::spawn(dir, config, env)
+        TestServer::spawn(dir, config, env, reach)
     }
 
-    fn spawn(dir: Arc<TempDir>, config: PathBuf, env: Vec<(String, String)>) -> TestServer {
+    fn spawn(
+        dir: Arc<TempDir>,
+        config: PathBuf,
+        env: Vec<(String, String)>,
+        (scheme, http): (&'static str, Client),
+    ) -> TestServer {
         let mut child = notirouter()
             .arg("--config")
             .arg(&config)
@@ -354,7 +375,6 @@ impl TestServer {
                 line.clear();
             }
         });
-        let http = http_client();
         let mut server = TestServer {
             dir,
             config,
@@ -362,6 +382,7 @@ impl TestServer {
             child,
             logs,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            scheme,
             http,
         };
         server.addr = server.wait_for_address();
@@ -401,7 +422,12 @@ impl TestServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    /// The client the harness reaches this server with, for requests the helpers do not make.
+    pub fn client(&self) -> &Client {
+        &self.http
     }
 
     pub fn addr(&self) -> SocketAddr {
