@@ -2,8 +2,10 @@
 //!
 //! The platform counts a slow answer as a failure and blocklists a callback after ten in a
 //! row, so under load the threads that answer it (the HTTP workers and the store writer) come
-//! first. Scripts, delivery and WAL checkpoints work from the durable store and catch up as
-//! soon as the receiver leaves CPU time; on an idle machine the priority changes nothing.
+//! first. Scripts and delivery work from the durable store and catch up as soon as the
+//! receiver leaves CPU time; on an idle machine the priority changes nothing. WAL checkpoints
+//! keep the normal priority: they use little CPU, and a late one is a longer write burst on
+//! the disk the writer fsyncs to.
 
 /// How much nicer than the process background threads run: at +10, a busy background thread
 /// gets about a ninth of the CPU share of a busy receiver thread.

@@ -795,9 +795,11 @@ fn background_stages_run_nicer_than_the_receiver() {
             .unwrap_or_else(|| panic!("no thread named {prefix}*: {threads:?}"))
     };
     let receiver = nice_of("actix-rt");
-    assert_eq!(nice_of("store-writer"), receiver, "{threads:?}");
-    // Linux keeps the first 15 bytes of a thread's name.
-    for background in ["script-0", "deliver", "deliver-store", "store-checkpoin"] {
+    // Checkpoints use little CPU, and a delayed one only makes the next longer.
+    for foreground in ["store-writer", "store-checkpoin"] {
+        assert_eq!(nice_of(foreground), receiver, "{foreground}: {threads:?}");
+    }
+    for background in ["script-0", "deliver", "deliver-store"] {
         assert_eq!(
             nice_of(background),
             (receiver + 10).min(19),

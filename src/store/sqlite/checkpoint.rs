@@ -31,7 +31,6 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("store-checkpoint".to_owned())
             .spawn(move || {
-                crate::background::lower_current_thread();
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EVERY);
                     // A failed checkpoint leaves the WAL longer, nothing else; the next one
