@@ -74,15 +74,8 @@ static NEXT_NOTIFICATION: AtomicU64 = AtomicU64::new(0);
 struct Args {
     #[command(flatten)]
     common: bench::Common,
-    /// Concurrent keep-alive connections, one phase each.
-    #[arg(long, value_delimiter = ',', default_value = "32,128")]
-    connections: Vec<usize>,
-    /// Load before the measured window of each phase.
-    #[arg(long, default_value = "2s", value_parser = bench::parse_duration)]
-    warmup: Duration,
-    /// The measured window of each phase.
-    #[arg(long, default_value = "10s", value_parser = bench::parse_duration)]
-    duration: Duration,
+    #[command(flatten)]
+    phases: bench::ClosedLoop,
     /// Internal: run the bare baseline server on this address.
     #[arg(long, hide = true)]
     serve_bare: Option<SocketAddr>,
@@ -170,8 +163,8 @@ fn print_preamble(args: &Args) {
         args.common.server_cpu,
         status_field(std::process::id(), "Cpus_allowed_list").unwrap_or_default(),
         std::process::id(),
-        args.warmup,
-        args.duration
+        args.phases.warmup,
+        args.phases.duration
     );
     if cfg!(debug_assertions) {
         println!(
@@ -198,7 +191,7 @@ async fn start_bare(args: &Args) -> anyhow::Result<Server> {
 
 async fn run_phases(server: &mut Server, args: &Args) -> anyhow::Result<Vec<PhaseReport>> {
     let mut reports = Vec::new();
-    for &connections in &args.connections {
+    for &connections in &args.phases.connections {
         let report = run_phase(server, connections, args).await?;
         report.print(server);
         reports.push(report);
@@ -228,10 +221,10 @@ async fn run_phase(
 ) -> anyhow::Result<PhaseReport> {
     let peak_reset = reset_peak_rss(server.pid);
     server.problems_logged();
-    let start = Instant::now() + args.warmup;
+    let start = Instant::now() + args.phases.warmup;
     let window = Window {
         start,
-        end: start + args.duration,
+        end: start + args.phases.duration,
     };
     let watch = Watch {
         address: server.address,
@@ -251,7 +244,7 @@ async fn run_phase(
     let (before, after) = samples.await?;
     Ok(PhaseReport {
         connections,
-        window: args.duration,
+        window: args.phases.duration,
         stats,
         peak_rss_mb: memory_mb(server.pid, "VmHWM"),
         peak_reset,

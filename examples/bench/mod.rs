@@ -1,7 +1,8 @@
-//! What the load benchmarks share (`loadgen`, `pipeline`): process pinning with `taskset`, a
-//! notirouter child process on a temporary store (spawned, waited for, stopped on drop), a
-//! minimal HTTP/1.1 client (and the request reading a minimal server needs), `/metrics`
-//! scraping, `/proc` readings, percentiles and the notification bodies.
+//! What the load benchmarks share (`loadgen`, `pipeline`, `exposure`): process pinning with
+//! `taskset`, a notirouter child process on a temporary store (spawned, waited for, stopped on
+//! drop), a minimal HTTP/1.1 client over any byte stream (plain TCP or TLS; and the request
+//! reading a minimal server needs), `/metrics` scraping, `/proc` readings, percentiles and the
+//! notification bodies.
 //!
 //! Included by each example with `#[path = "bench/mod.rs"] mod bench;`.
 
@@ -9,6 +10,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -17,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
@@ -74,6 +76,20 @@ impl Common {
         std::fs::canonicalize(&self.bin)
             .with_context(|| format!("cannot resolve {}", self.bin.display()))
     }
+}
+
+/// The arguments of closed-loop load phases: how many connections, and for how long.
+#[derive(Debug, clap::Args)]
+pub struct ClosedLoop {
+    /// Concurrent keep-alive connections, one phase each.
+    #[arg(long, value_delimiter = ',', default_value = "32,128")]
+    pub connections: Vec<usize>,
+    /// Load before the measured window of each phase.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// The measured window of each phase.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
 }
 
 /// A duration argument such as `10s`, `500ms` or `2m`.
@@ -144,6 +160,19 @@ pub async fn start_notirouter(
     config: &serde_json::Value,
     rust_log: &str,
 ) -> anyhow::Result<Server> {
+    let command = notirouter_command(bin, cpu, dir, config, rust_log)?;
+    Server::start("notirouter", command, true).await
+}
+
+/// The command [`start_notirouter`] runs, for a caller that starts it its own way (e.g. a
+/// server that answers only over TLS, see [`Server::start_probed`]).
+pub fn notirouter_command(
+    bin: &Path,
+    cpu: usize,
+    dir: &Path,
+    config: &serde_json::Value,
+    rust_log: &str,
+) -> anyhow::Result<Command> {
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, toml::to_string(config)?)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -160,7 +189,7 @@ pub async fn start_notirouter(
             command.env_remove(name);
         }
     }
-    Server::start("notirouter", command, true).await
+    Ok(command)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,9 +210,24 @@ impl Server {
     /// Spawns `command`, waits for its listening line and for `/readyz` to answer 200.
     pub async fn start(
         name: &'static str,
-        mut command: Command,
+        command: Command,
         has_metrics: bool,
     ) -> anyhow::Result<Server> {
+        Server::start_probed(name, command, has_metrics, readyz).await
+    }
+
+    /// As [`Server::start`], with `ready(address)` saying whether the server is ready (true),
+    /// for servers that a plain GET cannot reach (e.g. over TLS).
+    pub async fn start_probed<F, R>(
+        name: &'static str,
+        mut command: Command,
+        has_metrics: bool,
+        ready: F,
+    ) -> anyhow::Result<Server>
+    where
+        F: FnMut(SocketAddr) -> R,
+        R: Future<Output = bool>,
+    {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -194,7 +238,7 @@ impl Server {
         let guard = ChildGuard(child);
         let mut logs = forward_lines(stderr);
         let address = wait_listening(name, &mut logs).await?;
-        wait_ready(name, address).await?;
+        wait_ready(name, address, ready).await?;
         let pid = guard.0.id();
         println!(
             "\n{name}: pid {pid}, listening on {address}, CPUs {}, actix worker threads {}",
@@ -248,7 +292,7 @@ impl Server {
 }
 
 /// Stops the child when dropped, on success and error paths alike.
-struct ChildGuard(Child);
+pub struct ChildGuard(pub Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -274,11 +318,13 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Reads the child's stderr on a thread, so that the pipe never fills and blocks the server.
-fn forward_lines(stderr: std::process::ChildStderr) -> mpsc::UnboundedReceiver<String> {
+/// Reads a child's output on a thread, so that the pipe never fills and blocks the child.
+pub fn forward_lines(
+    output: impl std::io::Read + Send + 'static,
+) -> mpsc::UnboundedReceiver<String> {
     let (lines, receiver) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
             if lines.send(line).is_err() {
                 return;
             }
@@ -315,12 +361,22 @@ fn listening_address(line: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-async fn wait_ready(name: &str, address: SocketAddr) -> anyhow::Result<()> {
+/// Whether the server at `address` answers `GET /readyz` with 200.
+pub async fn readyz(address: SocketAddr) -> bool {
+    get(address, "/readyz")
+        .await
+        .is_ok_and(|response| response.status == 200)
+}
+
+/// Waits until `ready(address)` holds, at most [`STARTUP_TIMEOUT`].
+pub async fn wait_ready<F, R>(name: &str, address: SocketAddr, mut ready: F) -> anyhow::Result<()>
+where
+    F: FnMut(SocketAddr) -> R,
+    R: Future<Output = bool>,
+{
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     while Instant::now() < deadline {
-        if let Ok(response) = get(address, "/readyz").await
-            && response.status == 200
-        {
+        if ready(address).await {
             return Ok(());
         }
         sleep(Duration::from_millis(100)).await;
@@ -718,9 +774,17 @@ pub async fn take_or_open(
     slot: &mut Option<Connection>,
     address: SocketAddr,
 ) -> Result<Connection, String> {
+    take_or(slot, Connection::open(address)).await
+}
+
+/// The kept-alive connection in `slot`, or the one `open` makes (over any stream, e.g. TLS).
+pub async fn take_or<S>(
+    slot: &mut Option<Connection<S>>,
+    open: impl Future<Output = std::io::Result<Connection<S>>>,
+) -> Result<Connection<S>, String> {
     match slot.take() {
         Some(open) => Ok(open),
-        None => Connection::open(address)
+        None => open
             .await
             .map_err(|error| format!("connect: {}", error.kind())),
     }
@@ -728,9 +792,9 @@ pub async fn take_or_open(
 
 /// Sends `request` on `connection` and reads the answer within [`REQUEST_TIMEOUT`]; the
 /// connection goes back into `slot` when the server keeps it open. `Err` says what failed.
-pub async fn exchange_in(
-    slot: &mut Option<Connection>,
-    mut connection: Connection,
+pub async fn exchange_in<S: AsyncRead + AsyncWrite + Unpin>(
+    slot: &mut Option<Connection<S>>,
+    mut connection: Connection<S>,
     request: &[u8],
 ) -> Result<Response, String> {
     match timeout(REQUEST_TIMEOUT, connection.exchange(request)).await {
@@ -753,6 +817,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The server will close the connection after this response.
     pub close: bool,
+    /// The `Retry-After` header's value, if any.
+    pub retry_after: Option<String>,
 }
 
 /// A request as a minimal server reads it.
@@ -762,8 +828,9 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
-pub struct Connection {
-    stream: TcpStream,
+/// An HTTP/1.1 connection over plain TCP (the default) or any other byte stream, e.g. TLS.
+pub struct Connection<S = TcpStream> {
+    stream: S,
     /// Bytes read and not yet consumed.
     buffer: Vec<u8>,
 }
@@ -780,21 +847,31 @@ impl Connection {
     pub fn from_stream(stream: TcpStream) -> std::io::Result<Connection> {
         // Each message is one small write; do not let Nagle hold it back.
         stream.set_nodelay(true)?;
-        Ok(Connection {
+        Ok(Connection::over(stream))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// A connection over `stream` as it is (set `TCP_NODELAY` on the TCP stream beneath).
+    pub fn over(stream: S) -> Connection<S> {
+        Connection {
             stream,
             buffer: Vec::with_capacity(4096),
-        })
+        }
     }
 
     pub async fn exchange(&mut self, request: &[u8]) -> std::io::Result<Response> {
         self.stream.write_all(request).await?;
+        // A TLS stream holds written records until flushed; on TCP this is a no-op.
+        self.stream.flush().await?;
         let head_len = self.read_head().await?;
-        let (status, body_len, close) = parse_head(&self.buffer[..head_len])?;
-        let body = self.take_body(head_len, body_len).await?;
+        let head = parse_head(&self.buffer[..head_len])?;
+        let body = self.take_body(head_len, head.body_len).await?;
         Ok(Response {
-            status,
+            status: head.status,
             body,
-            close,
+            close: head.close,
+            retry_after: head.retry_after,
         })
     }
 
@@ -829,7 +906,8 @@ impl Connection {
 
     /// Writes raw bytes (a whole response).
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// Reads until the buffer holds the body after a head of `head_len`, and consumes both.
@@ -864,9 +942,17 @@ impl Connection {
     }
 }
 
-/// Status, Content-Length and whether the server closes. Our servers always send a
-/// Content-Length; a chunked answer is refused as malformed rather than misread.
-fn parse_head(head: &[u8]) -> std::io::Result<(u16, usize, bool)> {
+/// What a response head says about the message.
+struct Head {
+    status: u16,
+    body_len: usize,
+    close: bool,
+    retry_after: Option<String>,
+}
+
+/// Our servers always send a Content-Length; a chunked answer is refused as malformed rather
+/// than misread.
+fn parse_head(head: &[u8]) -> std::io::Result<Head> {
     let head = std::str::from_utf8(head).map_err(|_| invalid("response head is not UTF-8"))?;
     let mut lines = head.split("\r\n");
     let status = lines
@@ -876,16 +962,24 @@ fn parse_head(head: &[u8]) -> std::io::Result<(u16, usize, bool)> {
         .ok_or_else(|| invalid("malformed status line"))?;
     let mut body_len = None;
     let mut close = false;
+    let mut retry_after = None;
     for (name, value) in lines.filter_map(|line| line.split_once(':')) {
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
             body_len = value.parse().ok();
         } else if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            retry_after = Some(value.to_owned());
         }
     }
     let body_len = body_len.ok_or_else(|| invalid("no Content-Length"))?;
-    Ok((status, body_len, close))
+    Ok(Head {
+        status,
+        body_len,
+        close,
+        retry_after,
+    })
 }
 
 fn invalid(message: &str) -> std::io::Error {
@@ -894,9 +988,18 @@ fn invalid(message: &str) -> std::io::Error {
 
 /// One GET on a fresh connection, for probes and metrics.
 pub async fn get(address: SocketAddr, path: &str) -> std::io::Result<Response> {
+    get_over(Connection::open(address), address, path).await
+}
+
+/// One GET on the connection `open` makes (over any stream, e.g. TLS).
+pub async fn get_over<S: AsyncRead + AsyncWrite + Unpin>(
+    open: impl Future<Output = std::io::Result<Connection<S>>>,
+    address: SocketAddr,
+    path: &str,
+) -> std::io::Result<Response> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n");
     let exchange = async {
-        let mut connection = Connection::open(address).await?;
+        let mut connection = open.await?;
         connection.exchange(request.as_bytes()).await
     };
     timeout(REQUEST_TIMEOUT, exchange)
