@@ -20,6 +20,9 @@ use notirouter::store::{
 };
 use tokio::sync::oneshot;
 
+mod common;
+use common::wait_until;
+
 const BODY: &str = r#"{"notifyType":"swUpgradeStateChangeNotify","deviceId":"d","appId":"a",
     "operationId":"o","subOperationId":"s","swUpgradeState":"downloading"}"#;
 
@@ -214,6 +217,19 @@ impl FaultyServer {
             .expect("the server answers instead of hanging")
     }
 
+    /// The value of `notirouter_store_queue_depth` in `/metrics`.
+    fn queue_depth(&self) -> f64 {
+        let text = client()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .and_then(|response| response.text())
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("notirouter_store_queue_depth "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no queue depth in:\n{text}"))
+    }
+
     fn ready_status(&self) -> u16 {
         client()
             .get(format!("{}/readyz", self.base))
@@ -289,4 +305,32 @@ fn a_stalled_store_answers_503_after_accept_timeout_and_keeps_the_notification()
         ..Default::default()
     });
     assert_eq!(listed.unwrap()[0].id, repushed["id"].as_str().unwrap());
+}
+
+#[test]
+fn the_queue_depth_counts_notifications_waiting_behind_a_stalled_store() {
+    const WAITING: usize = 4;
+    let server = &FaultyServer::start("10s");
+    server.store.set_stalled(true);
+    std::thread::scope(|scope| {
+        // One is taken into the stuck commit; the others wait in the queue behind it.
+        let posts: Vec<_> = (0..=WAITING)
+            .map(|n| {
+                let body = BODY.replace("\"d\"", &format!("\"d{n}\""));
+                scope.spawn(move || server.post(&body))
+            })
+            .collect();
+        let counted = wait_until(Duration::from_secs(10), || {
+            server.queue_depth() >= WAITING as f64
+        });
+        assert!(
+            counted,
+            "the queue depth stayed at {} while {WAITING} notifications waited",
+            server.queue_depth()
+        );
+        server.store.set_stalled(false);
+        for post in posts {
+            assert_eq!(post.join().unwrap().status().as_u16(), 200);
+        }
+    });
 }

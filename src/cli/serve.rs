@@ -1,13 +1,11 @@
 //! `serve`: bind, run until SIGTERM or SIGINT, then shut down gracefully.
 
-use std::net::TcpListener;
-
 use anyhow::Context;
 
 use crate::config::Config;
 
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.server.listen).with_context(|| {
+    let listener = crate::http::listen(config.server.listen).with_context(|| {
         format!(
             "cannot listen on {}; is another process using it?",
             config.server.listen

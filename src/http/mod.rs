@@ -44,6 +44,21 @@ pub enum EndpointError {
     },
 }
 
+/// Connections the kernel holds for the server beyond those it serves, as actix-web's own
+/// `bind` asks: std's `TcpListener::bind` asks for 128, and attempts past that are dropped.
+const LISTEN_BACKLOG: i32 = 2048;
+
+/// Listens on `addr` with [`LISTEN_BACKLOG`].
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does: a restarted server can bind at once, despite connections in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// What the server listens with, prepared before any stage starts so that a bad certificate
 /// or a taken port stops the start at once.
 pub struct Endpoints {
@@ -58,8 +73,7 @@ impl Endpoints {
         let metrics = config
             .metrics_listen
             .map(|addr| {
-                TcpListener::bind(addr)
-                    .map_err(|source| EndpointError::MetricsListen { addr, source })
+                listen(addr).map_err(|source| EndpointError::MetricsListen { addr, source })
             })
             .transpose()?;
         Ok(Endpoints { main, metrics, tls })

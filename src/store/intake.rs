@@ -79,6 +79,9 @@ struct Outcomes {
 #[derive(Clone)]
 pub struct Intake {
     jobs: mpsc::Sender<Job>,
+    /// Set by every sender as well as by the writer, so that it keeps counting while the
+    /// writer is stuck in a commit: that is when an operator needs it.
+    queue_depth: Gauge,
 }
 
 /// Owns the writer thread; [`IntakeWriter::finish`] waits until every queued job is done.
@@ -96,6 +99,7 @@ impl Intake {
         signals: Signals,
     ) -> std::io::Result<(Intake, IntakeWriter)> {
         let (jobs, queue) = mpsc::channel(capacity);
+        let queue_depth = metrics.queue_depth.clone();
         let writer = Writer {
             store,
             metrics,
@@ -104,7 +108,7 @@ impl Intake {
         let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
             .spawn(move || writer.run(queue))?;
-        Ok((Intake { jobs }, IntakeWriter { thread }))
+        Ok((Intake { jobs, queue_depth }, IntakeWriter { thread }))
     }
 
     /// Stores `event` and returns once it is durable (or a duplicate of a durable event).
@@ -115,7 +119,14 @@ impl Intake {
     /// Queues a rejected body for keeping without waiting; it is dropped (and `false` returned)
     /// when the queue is full, since a refusal must not wait behind valid notifications.
     pub fn reject(&self, body: RejectedBody) -> bool {
-        self.jobs.try_send(Job::Reject(body)).is_ok()
+        let queued = self.jobs.try_send(Job::Reject(body)).is_ok();
+        self.count_queued();
+        queued
+    }
+
+    fn count_queued(&self) {
+        let depth = self.jobs.max_capacity() - self.jobs.capacity();
+        self.queue_depth.set(depth as i64);
     }
 
     /// Proves the writer is running and the store can take its write lock.
@@ -149,6 +160,7 @@ impl Intake {
         self.jobs
             .blocking_send(job)
             .map_err(|_| IntakeError::Stopped)?;
+        self.count_queued();
         answer.blocking_recv().map_err(|_| IntakeError::Stopped)?
     }
 
@@ -167,6 +179,7 @@ impl Intake {
             .send(job(reply))
             .await
             .map_err(|_| IntakeError::Stopped)?;
+        self.count_queued();
         answer.await.map_err(|_| IntakeError::Stopped)
     }
 }
