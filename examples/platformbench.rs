@@ -55,18 +55,7 @@ fn platform(fake: &FakePlatform, rate: u32) -> anyhow::Result<Arc<Platform>> {
 }
 
 fn op(device: usize) -> PlatformOp {
-    PlatformOp {
-        op: "retry_upgrade".into(),
-        device_id: format!("dev-{device:08}"),
-        notify_type: "swUpgradeResultNotify".into(),
-        target_version: "1.5".into(),
-        file_id: None,
-        execute_type: "now".into(),
-        retry_type: None,
-        retry_times: None,
-        start_time: None,
-        end_time: None,
-    }
+    PlatformOp::retry_upgrade(&format!("dev-{device:08}"), "swUpgradeResultNotify", "1.5")
 }
 
 /// Creates tasks from `concurrency` callers until `length` has passed; returns each latency.

@@ -73,6 +73,25 @@ pub struct PlatformOp {
     pub end_time: Option<String>,
 }
 
+impl PlatformOp {
+    /// A `retry_upgrade` with the default options: the file looked up or configured, the task
+    /// executed now.
+    pub fn retry_upgrade(device_id: &str, notify_type: &str, target_version: &str) -> PlatformOp {
+        PlatformOp {
+            op: "retry_upgrade".to_owned(),
+            device_id: device_id.to_owned(),
+            notify_type: notify_type.to_owned(),
+            target_version: target_version.to_owned(),
+            file_id: None,
+            execute_type: "now".to_owned(),
+            retry_type: None,
+            retry_times: None,
+            start_time: None,
+            end_time: None,
+        }
+    }
+}
+
 impl Action {
     /// The kind as stored and labelled: `email`, `chat`, `webhook` or `platform`.
     pub fn kind(&self) -> &'static str {

@@ -565,18 +565,7 @@ fn platform_config(text: &str) -> PlatformConfig {
 }
 
 fn op(device: &str) -> PlatformOp {
-    PlatformOp {
-        op: "retry_upgrade".into(),
-        device_id: device.into(),
-        notify_type: "swUpgradeResultNotify".into(),
-        target_version: "1.5".into(),
-        file_id: None,
-        execute_type: "now".into(),
-        retry_type: None,
-        retry_times: None,
-        start_time: None,
-        end_time: None,
-    }
+    PlatformOp::retry_upgrade(device, "swUpgradeResultNotify", "1.5")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -230,18 +230,7 @@ mod tests {
     use super::*;
 
     fn op() -> PlatformOp {
-        PlatformOp {
-            op: "retry_upgrade".into(),
-            device_id: "dev-1".into(),
-            notify_type: "swUpgradeResultNotify".into(),
-            target_version: "1.5".into(),
-            file_id: None,
-            execute_type: "now".into(),
-            retry_type: None,
-            retry_times: None,
-            start_time: None,
-            end_time: None,
-        }
+        PlatformOp::retry_upgrade("dev-1", "swUpgradeResultNotify", "1.5")
     }
 
     #[test]

@@ -336,16 +336,17 @@ fn retry_upgrade(n: &Dynamic, options: &Dynamic) -> Outcome<bool> {
         run.actions.push(Action {
             plugin: run.plugin.clone(),
             spec: ActionSpec::Platform(PlatformOp {
-                op: "retry_upgrade".to_owned(),
-                device_id: result.device_id,
-                notify_type: result.notify_type,
-                target_version: result.target_version,
                 file_id,
                 execute_type: options.execute_type,
                 retry_type: options.retry_type,
                 retry_times: options.retry_times,
                 start_time: options.start_time,
                 end_time: options.end_time,
+                ..PlatformOp::retry_upgrade(
+                    &result.device_id,
+                    &result.notify_type,
+                    &result.target_version,
+                )
             }),
         });
         Ok(true)
