@@ -45,25 +45,24 @@
 
 #[path = "bench/mod.rs"]
 mod bench;
+// Shared with the tests, which also fill the disk; only the stall is used here.
+#[allow(dead_code)]
+#[path = "../tests/common/faulty_store.rs"]
+mod faulty_store;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use notirouter::config::Config;
-use notirouter::model::state::{StateChanges, StateError, StateView};
-use notirouter::model::{EventId, Millis};
-use notirouter::store::{
-    Appended, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome, EventSummary,
-    NewEvent, PendingAction, Pruned, RejectedBody, SqliteStore, Store, StoreError, StoredEvent,
-};
+use notirouter::store::{EventFilter, SqliteStore, Store};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -71,6 +70,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+
+use faulty_store::FaultyStore;
 
 use bench::{
     ChildGuard, Connection, CpuSample, CpuShares, ERROR_PAUSE, REQUEST_TIMEOUT, Server, memory_mb,
@@ -110,8 +111,6 @@ const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Load before the store stalls, and after it writes again.
 const BEFORE_STALL: Duration = Duration::from_secs(3);
 const AFTER_STALL: Duration = Duration::from_secs(5);
-/// The longest a stalled `append` waits, whatever the switch says: no run can hang on it.
-const STALL_MAX: Duration = Duration::from_secs(120);
 /// The intake's bound (notifications waiting for the writer), for the report.
 const INTAKE_CAPACITY: usize = 2048;
 
@@ -973,135 +972,12 @@ fn print_flood(report: &FloodReport) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. Slow store: the store double.
+// 3. Slow store: notirouter in this process, on the tests' store double.
 
-/// The SQLite store behind a switch that holds every `append` while it is set: a disk that
-/// stops answering. Everything else passes through. `write_group` keeps the trait's default,
-/// which calls `append`, so the stall reaches the writer's every round of notifications.
-struct StallableStore {
-    inner: SqliteStore,
-    stalled: Mutex<bool>,
-    unstalled: Condvar,
-}
-
-impl StallableStore {
-    fn set_stalled(&self, stalled: bool) {
-        *self.stalled.lock().unwrap_or_else(PoisonError::into_inner) = stalled;
-        self.unstalled.notify_all();
-    }
-}
-
-impl Store for StallableStore {
-    fn append(
-        &self,
-        events: &[NewEvent],
-        rejected: &[RejectedBody],
-    ) -> Result<Vec<Appended>, StoreError> {
-        let stalled = self.stalled.lock().unwrap_or_else(PoisonError::into_inner);
-        let waited = self
-            .unstalled
-            .wait_timeout_while(stalled, STALL_MAX, |stalled| *stalled);
-        drop(waited.unwrap_or_else(PoisonError::into_inner));
-        self.inner.append(events, rejected)
-    }
-
-    fn probe(&self) -> Result<(), StoreError> {
-        self.inner.probe()
-    }
-
-    fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError> {
-        self.inner.prune(before, limit)
-    }
-
-    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
-        self.inner.list_events(filter)
-    }
-
-    fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
-        self.inner.event(id)
-    }
-
-    fn stored_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
-        self.inner.stored_event(id)
-    }
-
-    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.pending_events(after, limit)
-    }
-
-    fn record_outcomes(
-        &self,
-        outcomes: &[EventOutcome],
-        changes: &StateChanges,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        self.inner.record_outcomes(outcomes, changes, now)
-    }
-
-    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
-        self.inner.due_destinations(now)
-    }
-
-    fn due_actions(
-        &self,
-        destination: &str,
-        now: Millis,
-        limit: usize,
-        skip: &HashSet<String>,
-    ) -> Result<Vec<PendingAction>, StoreError> {
-        self.inner.due_actions(destination, now, limit, skip)
-    }
-
-    fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.inner.next_due()
-    }
-
-    fn oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
-        self.inner.oldest_pending()
-    }
-
-    fn record_deliveries(
-        &self,
-        updates: &[DeliveryUpdate],
-        now: Millis,
-    ) -> Result<usize, StoreError> {
-        self.inner.record_deliveries(updates, now)
-    }
-
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.inner.dead_letters()
-    }
-
-    fn requeue_dead(&self, id: Option<&str>) -> Result<usize, StoreError> {
-        self.inner.requeue_dead(id)
-    }
-
-    fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
-        self.inner.drop_dead(id)
-    }
-}
-
-impl StateView for StallableStore {
-    fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
-        self.inner.seen_at(key)
-    }
-
-    fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
-        self.inner.counter(key)
-    }
-
-    fn budget(&self, device: &str, version: &str) -> Result<Option<(i64, Millis)>, StateError> {
-        self.inner.budget(device, version)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// 3. Slow store: notirouter in this process.
-
-/// notirouter serving in this process on a [`StallableStore`]; stopped when dropped.
+/// notirouter serving in this process on a [`FaultyStore`]; stopped when dropped.
 struct InProcess {
     address: SocketAddr,
-    store: Arc<StallableStore>,
+    store: Arc<FaultyStore>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
     /// Last, so that the store's files go only once the server has stopped.
@@ -1117,11 +993,7 @@ impl InProcess {
             .into();
         let text = toml::to_string(&config)?;
         let config = Config::parse(&text, &dir.path().join("config.toml"), Vec::new())?;
-        let store = Arc::new(StallableStore {
-            inner: SqliteStore::open(&config.store)?,
-            stalled: Mutex::new(false),
-            unstalled: Condvar::new(),
-        });
+        let store = Arc::new(FaultyStore::new(SqliteStore::open(&config.store)?));
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let address = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();

@@ -4,163 +4,24 @@
 //! CI runs as root, so a read-only file proves nothing; the server runs in-process on a store
 //! that wraps the real SQLite store and fails or blocks on demand.
 
-use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notirouter::config::Config;
-use notirouter::model::state::{StateChanges, StateError, StateView};
-use notirouter::model::{EventId, Millis};
-use notirouter::store::{
-    Appended, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome, EventSummary,
-    NewEvent, PendingAction, Pruned, RejectedBody, SqliteStore, Store, StoreError, StoredEvent,
-};
+use notirouter::store::{EventFilter, SqliteStore, Store};
 use tokio::sync::oneshot;
 
 mod common;
+#[path = "common/faulty_store.rs"]
+mod faulty_store;
+
 use common::wait_until;
+use faulty_store::FaultyStore;
 
 const BODY: &str = r#"{"notifyType":"swUpgradeStateChangeNotify","deviceId":"d","appId":"a",
     "operationId":"o","subOperationId":"s","swUpgradeState":"downloading"}"#;
-
-/// A switchable fault in front of a real store.
-struct FaultyStore {
-    inner: SqliteStore,
-    disk_full: AtomicBool,
-    stalled: Mutex<bool>,
-    unstalled: Condvar,
-}
-
-impl FaultyStore {
-    fn set_stalled(&self, stalled: bool) {
-        *self.stalled.lock().unwrap() = stalled;
-        self.unstalled.notify_all();
-    }
-
-    fn fail_if_full(&self) -> Result<(), StoreError> {
-        if !self.disk_full.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let full = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL);
-        let source = rusqlite::Error::SqliteFailure(full, Some("database or disk is full".into()));
-        Err(StoreError::Database {
-            context: "committing",
-            source,
-        })
-    }
-}
-
-impl Store for FaultyStore {
-    fn append(
-        &self,
-        events: &[NewEvent],
-        rejected: &[RejectedBody],
-    ) -> Result<Vec<Appended>, StoreError> {
-        let stalled = self.stalled.lock().unwrap();
-        drop(
-            self.unstalled
-                .wait_while(stalled, |stalled| *stalled)
-                .unwrap(),
-        );
-        self.fail_if_full()?;
-        self.inner.append(events, rejected)
-    }
-
-    fn probe(&self) -> Result<(), StoreError> {
-        self.fail_if_full()?;
-        self.inner.probe()
-    }
-
-    fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError> {
-        self.inner.prune(before, limit)
-    }
-
-    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
-        self.inner.list_events(filter)
-    }
-
-    fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
-        self.inner.event(id)
-    }
-
-    fn stored_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
-        self.inner.stored_event(id)
-    }
-
-    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.pending_events(after, limit)
-    }
-
-    fn record_outcomes(
-        &self,
-        outcomes: &[EventOutcome],
-        changes: &StateChanges,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        self.fail_if_full()?;
-        self.inner.record_outcomes(outcomes, changes, now)
-    }
-
-    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
-        self.inner.due_destinations(now)
-    }
-
-    fn due_actions(
-        &self,
-        destination: &str,
-        now: Millis,
-        limit: usize,
-        skip: &HashSet<String>,
-    ) -> Result<Vec<PendingAction>, StoreError> {
-        self.inner.due_actions(destination, now, limit, skip)
-    }
-
-    fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.inner.next_due()
-    }
-
-    fn oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
-        self.inner.oldest_pending()
-    }
-
-    fn record_deliveries(
-        &self,
-        updates: &[DeliveryUpdate],
-        now: Millis,
-    ) -> Result<usize, StoreError> {
-        self.fail_if_full()?;
-        self.inner.record_deliveries(updates, now)
-    }
-
-    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.inner.dead_letters()
-    }
-
-    fn requeue_dead(&self, id: Option<&str>) -> Result<usize, StoreError> {
-        self.inner.requeue_dead(id)
-    }
-
-    fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
-        self.inner.drop_dead(id)
-    }
-}
-
-impl StateView for FaultyStore {
-    fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
-        self.inner.seen_at(key)
-    }
-
-    fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
-        self.inner.counter(key)
-    }
-
-    fn budget(&self, device: &str, version: &str) -> Result<Option<(i64, Millis)>, StateError> {
-        self.inner.budget(device, version)
-    }
-}
 
 /// A server running in-process on a [`FaultyStore`]; stops when dropped.
 struct FaultyServer {
@@ -179,12 +40,7 @@ impl FaultyServer {
             dir.path().join("store.db").display()
         );
         let config = Config::parse(&text, Path::new("test.toml"), Vec::new()).unwrap();
-        let store = Arc::new(FaultyStore {
-            inner: SqliteStore::open(&config.store).unwrap(),
-            disk_full: AtomicBool::new(false),
-            stalled: Mutex::new(false),
-            unstalled: Condvar::new(),
-        });
+        let store = Arc::new(FaultyStore::new(SqliteStore::open(&config.store).unwrap()));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -267,7 +123,7 @@ fn json(response: reqwest::blocking::Response) -> serde_json::Value {
 #[test]
 fn a_store_that_cannot_write_answers_503_with_retry_after_and_recovers() {
     let server = FaultyServer::start("10s");
-    server.store.disk_full.store(true, Ordering::SeqCst);
+    server.store.set_disk_full(true);
 
     let refused = server.post(BODY);
     assert_eq!(refused.status().as_u16(), 503);
@@ -275,7 +131,7 @@ fn a_store_that_cannot_write_answers_503_with_retry_after_and_recovers() {
     assert!(json(refused)["error"].is_string());
     assert_eq!(server.ready_status(), 503);
 
-    server.store.disk_full.store(false, Ordering::SeqCst);
+    server.store.set_disk_full(false);
     let accepted = json(server.post(BODY));
     assert_eq!(accepted["status"], "accepted", "{accepted}");
     assert_eq!(server.ready_status(), 200);

@@ -1,0 +1,170 @@
+//! A store double: the real SQLite store behind switches that make it fail or stall, for the
+//! tests of a receiver whose disk misbehaves (CI runs as root, so a read-only file proves
+//! nothing) and for the stalled-store benchmark. Everything it does not fault passes through;
+//! `write_group` keeps the trait's default, which calls `append`, so a fault reaches every
+//! round of the writer.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use notirouter::model::state::{StateChanges, StateError, StateView};
+use notirouter::model::{EventId, Millis};
+use notirouter::store::{
+    Appended, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome, EventSummary,
+    NewEvent, PendingAction, Pruned, RejectedBody, SqliteStore, Store, StoreError, StoredEvent,
+};
+
+/// The longest a stall holds a write, so that a stall left set cannot hang a process for ever.
+const STALL_MAX: Duration = Duration::from_secs(120);
+
+/// A switchable fault in front of a real store.
+pub struct FaultyStore {
+    inner: SqliteStore,
+    disk_full: AtomicBool,
+    stalled: Mutex<bool>,
+    unstalled: Condvar,
+}
+
+impl FaultyStore {
+    pub fn new(inner: SqliteStore) -> FaultyStore {
+        FaultyStore {
+            inner,
+            disk_full: AtomicBool::new(false),
+            stalled: Mutex::new(false),
+            unstalled: Condvar::new(),
+        }
+    }
+
+    /// While set, every `append` waits, as on a disk that stops answering.
+    pub fn set_stalled(&self, stalled: bool) {
+        *self.stalled.lock().unwrap_or_else(PoisonError::into_inner) = stalled;
+        self.unstalled.notify_all();
+    }
+
+    /// While set, writes fail as on a full disk.
+    pub fn set_disk_full(&self, full: bool) {
+        self.disk_full.store(full, Ordering::SeqCst);
+    }
+
+    fn fail_if_full(&self) -> Result<(), StoreError> {
+        if !self.disk_full.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let full = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL);
+        let source = rusqlite::Error::SqliteFailure(full, Some("database or disk is full".into()));
+        Err(StoreError::Database {
+            context: "committing",
+            source,
+        })
+    }
+}
+
+impl Store for FaultyStore {
+    fn append(
+        &self,
+        events: &[NewEvent],
+        rejected: &[RejectedBody],
+    ) -> Result<Vec<Appended>, StoreError> {
+        let stalled = self.stalled.lock().unwrap_or_else(PoisonError::into_inner);
+        let waited = self
+            .unstalled
+            .wait_timeout_while(stalled, STALL_MAX, |stalled| *stalled);
+        drop(waited.unwrap_or_else(PoisonError::into_inner));
+        self.fail_if_full()?;
+        self.inner.append(events, rejected)
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        self.fail_if_full()?;
+        self.inner.probe()
+    }
+
+    fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError> {
+        self.inner.prune(before, limit)
+    }
+
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
+        self.inner.list_events(filter)
+    }
+
+    fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
+        self.inner.event(id)
+    }
+
+    fn stored_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        self.inner.stored_event(id)
+    }
+
+    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.pending_events(after, limit)
+    }
+
+    fn record_outcomes(
+        &self,
+        outcomes: &[EventOutcome],
+        changes: &StateChanges,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.fail_if_full()?;
+        self.inner.record_outcomes(outcomes, changes, now)
+    }
+
+    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+        self.inner.due_destinations(now)
+    }
+
+    fn due_actions(
+        &self,
+        destination: &str,
+        now: Millis,
+        limit: usize,
+        skip: &HashSet<String>,
+    ) -> Result<Vec<PendingAction>, StoreError> {
+        self.inner.due_actions(destination, now, limit, skip)
+    }
+
+    fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.inner.next_due()
+    }
+
+    fn oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
+        self.inner.oldest_pending()
+    }
+
+    fn record_deliveries(
+        &self,
+        updates: &[DeliveryUpdate],
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.fail_if_full()?;
+        self.inner.record_deliveries(updates, now)
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.inner.dead_letters()
+    }
+
+    fn requeue_dead(&self, id: Option<&str>) -> Result<usize, StoreError> {
+        self.inner.requeue_dead(id)
+    }
+
+    fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.drop_dead(id)
+    }
+}
+
+impl StateView for FaultyStore {
+    fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
+        self.inner.seen_at(key)
+    }
+
+    fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
+        self.inner.counter(key)
+    }
+
+    fn budget(&self, device: &str, version: &str) -> Result<Option<(i64, Millis)>, StateError> {
+        self.inner.budget(device, version)
+    }
+}
