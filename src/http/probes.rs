@@ -37,15 +37,19 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// The store takes writes now: the writer answered and got its write lock.
+/// The store takes writes now: the writer answered and got its write lock. Anyone may ask,
+/// so the answer names no path or error: those go to the log.
 async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
+    let unavailable = |reason: &str| {
+        HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "error": reason }))
+    };
     match tokio::time::timeout(READY_TIMEOUT, probes.intake.probe()).await {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready" })),
-        Ok(Err(error)) => HttpResponse::ServiceUnavailable()
-            .json(json!({ "status": "unavailable", "error": error.to_string() })),
-        Err(_) => HttpResponse::ServiceUnavailable().json(
-            json!({ "status": "unavailable", "error": "the store writer is not keeping up" }),
-        ),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "not ready: the store cannot write");
+            unavailable("the store cannot write; see the server log")
+        }
+        Err(_) => unavailable("the store writer is not keeping up"),
     }
 }
 
