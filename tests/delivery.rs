@@ -1178,6 +1178,45 @@ fn a_stopped_server_ends_its_sends_in_flight_and_resumes_the_rest_on_restart() {
     );
 }
 
+#[test]
+fn a_second_sigterm_ends_a_stop_that_waits_on_a_slow_destination_and_loses_nothing() {
+    let sink = HttpSink::start();
+    sink.answer_always(Answer::stall());
+    let delivery = "timeout = \"60s\"\nconcurrency_per_destination = 2\n";
+    let mut server = TestServer::start_with_plugins(
+        &hook_config(&sink.url("/hook"), delivery),
+        &[("many.rhai", MANY_HOOKS_PLUGIN)],
+    );
+    let event = post(&server, custom("dev-s", json!({"count": 2})));
+    assert!(
+        wait_until(DELIVERY_TIMEOUT, || sink.hanging() == 2),
+        "two sends in flight; logs:\n{}",
+        server.logs()
+    );
+    // The first SIGTERM's stop waits up to delivery.timeout (60 s) for the stalled sends; the
+    // second ends it. Sent again until the process is gone, since the second can only count
+    // once the first has been taken.
+    server.sigterm();
+    let ended = wait_until(Duration::from_secs(10), || {
+        server.has_exited() || {
+            server.sigterm();
+            false
+        }
+    });
+    assert!(ended, "still running; logs:\n{}", server.logs());
+    let status = server.wait_for_exit(Duration::from_secs(1));
+    assert_eq!(status.code(), Some(1), "logs:\n{}", server.logs());
+    assert!(
+        server.logs().contains("second SIGTERM"),
+        "{}",
+        server.logs()
+    );
+
+    sink.answer_always(Answer::ok());
+    let server = server.restart();
+    wait_for_statuses(&server, &event, 2, "sent");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Payloads
 // ---------------------------------------------------------------------------------------------

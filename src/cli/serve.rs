@@ -20,19 +20,48 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on the first SIGTERM or SIGINT.
+/// Completes on the first SIGTERM or SIGINT. From then on a second one ends the process at
+/// once: a stop that hangs (a destination that takes its whole timeout) must not need SIGKILL,
+/// and everything answered 200 is on disk either way.
 async fn shutdown_signal() {
+    match next_signal().await {
+        Some(name) => tracing::info!("{name} received; finishing in-flight requests"),
+        None => return,
+    }
+    let watcher = std::thread::Builder::new()
+        .name("second-signal".to_owned())
+        .spawn(exit_on_next_signal);
+    if let Err(error) = watcher {
+        tracing::warn!(%error, "cannot watch for a second signal; stop a hung server with SIGKILL");
+    }
+}
+
+/// The name of the next SIGTERM or SIGINT, or `None` if neither can be listened for.
+async fn next_signal() -> Option<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(stream) => stream,
         Err(error) => {
             tracing::warn!(%error, "cannot listen for SIGTERM; stop the server with SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            return tokio::signal::ctrl_c().await.ok().map(|()| "SIGINT");
         }
     };
     tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received; finishing in-flight requests"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; finishing in-flight requests"),
+        _ = terminate.recv() => Some("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => Some("SIGINT"),
+    }
+}
+
+/// Runs on its own thread, since the server's runtime is busy stopping the stages.
+fn exit_on_next_signal() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else {
+        return;
+    };
+    if let Some(name) = runtime.block_on(next_signal()) {
+        tracing::warn!("second {name}: exiting now; unfinished work resumes on the next start");
+        std::process::exit(1);
     }
 }
