@@ -86,10 +86,6 @@ impl FaultyServer {
             .unwrap_or_else(|| panic!("no queue depth in:\n{text}"))
     }
 
-    fn ready_status(&self) -> u16 {
-        self.ready().0
-    }
-
     fn ready(&self) -> (u16, String) {
         let answer = client()
             .get(format!("{}/readyz", self.base))
@@ -140,7 +136,7 @@ fn a_store_that_cannot_write_answers_503_with_retry_after_and_recovers() {
     server.store.set_disk_full(false);
     let accepted = json(server.post(BODY));
     assert_eq!(accepted["status"], "accepted", "{accepted}");
-    assert_eq!(server.ready_status(), 200);
+    assert_eq!(server.ready().0, 200);
     let listed = server.store.list_events(&EventFilter {
         limit: 10,
         ..Default::default()
