@@ -171,13 +171,16 @@ fn the_queue_depth_counts_notifications_waiting_behind_a_stalled_store() {
     let server = &FaultyServer::start("10s");
     server.store.set_stalled(true);
     std::thread::scope(|scope| {
-        // One is taken into the stuck commit; the others wait in the queue behind it.
-        let posts: Vec<_> = (0..=WAITING)
-            .map(|n| {
-                let body = BODY.replace("\"d\"", &format!("\"d{n}\""));
-                scope.spawn(move || server.post(&body))
-            })
-            .collect();
+        let post = |n: usize| {
+            let body = BODY.replace("\"d\"", &format!("\"d{n}\""));
+            scope.spawn(move || server.post(&body))
+        };
+        // The first is taken into the stuck commit; only then are the others sure to wait in
+        // the queue behind it rather than join its batch.
+        let mut posts = vec![post(0)];
+        let stuck = wait_until(Duration::from_secs(10), || server.store.held_appends() == 1);
+        assert!(stuck, "the writer never reached the stalled store");
+        posts.extend((1..=WAITING).map(post));
         let counted = wait_until(Duration::from_secs(10), || {
             server.queue_depth() >= WAITING as f64
         });

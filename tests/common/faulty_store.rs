@@ -5,7 +5,7 @@
 //! round of the writer.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ pub struct FaultyStore {
     disk_full: AtomicBool,
     stalled: Mutex<bool>,
     unstalled: Condvar,
+    /// Appends waiting in a stall now.
+    held: AtomicUsize,
 }
 
 impl FaultyStore {
@@ -34,6 +36,7 @@ impl FaultyStore {
             disk_full: AtomicBool::new(false),
             stalled: Mutex::new(false),
             unstalled: Condvar::new(),
+            held: AtomicUsize::new(0),
         }
     }
 
@@ -41,6 +44,11 @@ impl FaultyStore {
     pub fn set_stalled(&self, stalled: bool) {
         *self.stalled.lock().unwrap_or_else(PoisonError::into_inner) = stalled;
         self.unstalled.notify_all();
+    }
+
+    /// How many appends the stall holds now: the writer is stuck once this is 1.
+    pub fn held_appends(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// While set, writes fail as on a full disk.
@@ -67,11 +75,13 @@ impl Store for FaultyStore {
         events: &[NewEvent],
         rejected: &[RejectedBody],
     ) -> Result<Vec<Appended>, StoreError> {
+        self.held.fetch_add(1, Ordering::SeqCst);
         let stalled = self.stalled.lock().unwrap_or_else(PoisonError::into_inner);
         let waited = self
             .unstalled
             .wait_timeout_while(stalled, STALL_MAX, |stalled| *stalled);
         drop(waited.unwrap_or_else(PoisonError::into_inner));
+        self.held.fetch_sub(1, Ordering::SeqCst);
         self.fail_if_full()?;
         self.inner.append(events, rejected)
     }
