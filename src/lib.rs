@@ -58,7 +58,7 @@ pub enum ServeError {
     #[error(
         "cannot watch scripts.dir {0} for changes ({1}); fix the folder or set scripts.hot_reload = false"
     )]
-    Watch(String, notify_debouncer_mini::notify::Error),
+    Watch(String, notify::Error),
     #[error(transparent)]
     Delivery(#[from] deliver::DeliveryError),
     #[error(transparent)]

@@ -356,3 +356,86 @@ fn a_plugin_rewritten_by_truncate_then_write_is_never_missing() {
 fn a_plugin_absent_for_a_moment_during_a_replace_is_never_missing() {
     assert_never_run_without_the_plugin(unlink_pause_then_create);
 }
+
+/// The shipped `scripts/` folder (plugins and `lib/` modules) as `(relative path, text)`.
+fn shipped_script_files() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let mut files = Vec::new();
+    for folder in [root.clone(), root.join("lib")] {
+        for entry in std::fs::read_dir(&folder).expect("the shipped scripts folder is readable") {
+            let path = entry.expect("a readable entry").path();
+            if path.extension().is_some_and(|ext| ext == "rhai") {
+                let relative = path.strip_prefix(&root).expect("under scripts/");
+                let text = std::fs::read_to_string(&path).expect("a readable script");
+                files.push((relative.to_string_lossy().into_owned(), text));
+            }
+        }
+    }
+    assert!(
+        files.iter().any(|(name, _)| name.starts_with("lib/")),
+        "the shipped scripts import lib/ modules: {files:?}"
+    );
+    files
+}
+
+fn successful_reloads(server: &TestServer) -> f64 {
+    metric(
+        &server.metrics(),
+        "notirouter_script_reloads_total{outcome=\"ok\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+/// Appends a comment to `path` and waits until the server counts a reload after `before`;
+/// returns the count then.
+fn touch_and_wait_for_reload(server: &TestServer, path: &Path, before: f64) -> f64 {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("the module can be opened for appending");
+    file.write_all(b"\n// edited\n")
+        .expect("the module can be written");
+    drop(file);
+    let mut after = before;
+    let seen = wait_until(RELOAD_TIMEOUT, || {
+        after = successful_reloads(server);
+        after > before
+    });
+    assert!(
+        seen,
+        "the edit of {} was not reloaded; logs:\n{}",
+        path.display(),
+        server.logs()
+    );
+    after
+}
+
+#[test]
+fn an_idle_server_with_the_shipped_scripts_reloads_only_on_edits() {
+    let files = shipped_script_files();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .collect();
+    let (server, scripts) = start(&files);
+    let module = scripts.join("lib/describe.rhai");
+
+    // The watcher is live: an edit of a lib/ module is reloaded.
+    let first = touch_and_wait_for_reload(&server, &module, successful_reloads(&server));
+    // The idle span under test: nothing is written, so nothing may be reloaded. It ends with
+    // a second edit whose reload is observed, so the count below covers the whole span.
+    std::thread::sleep(Duration::from_secs(3));
+    let second = touch_and_wait_for_reload(&server, &module, first);
+    let logs = server.logs();
+    let reload_lines: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("scripts reloaded"))
+        .collect();
+    assert_eq!(
+        second - first,
+        1.0,
+        "an idle span and one edit reloaded {} times:\n{}",
+        second - first,
+        reload_lines.join("\n")
+    );
+}

@@ -3,15 +3,18 @@
 //! keeps its previous version. Editors and `git pull` replace files by unlink-then-create or
 //! rename-over; a plugin missing at a rescan is only dropped if it is still missing at a second
 //! rescan shortly after, so a replaced file is never treated as deleted in between.
+//!
+//! Only changes start a rescan: the watcher also reports files being opened and read, and a
+//! rescan reads every file, so counting reads would make each rescan start the next one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use notify_debouncer_mini::notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::{Limits, PluginSet, Scripts, Settings};
 use crate::metrics::Metrics;
@@ -21,9 +24,13 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 /// How long a vanished plugin is given to come back before it counts as deleted.
 const DELETE_GRACE: Duration = Duration::from_millis(300);
 
+/// One report of the watcher that calls for a rescan: a change, or the watcher's own error
+/// (after which a rescan is the only way to be sure).
+type Change = Result<(), notify::Error>;
+
 pub struct Reloader {
-    // Dropping the debouncer stops the watcher, which ends the reload thread.
-    debouncer: Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>,
+    // Dropping the watcher drops its sender, which ends the reload thread.
+    watcher: RecommendedWatcher,
     thread: JoinHandle<()>,
 }
 
@@ -42,10 +49,12 @@ impl Reloader {
         settings: Arc<Settings>,
         scripts: Scripts,
         metrics: Arc<Metrics>,
-    ) -> Result<Reloader, notify_debouncer_mini::notify::Error> {
+    ) -> Result<Reloader, notify::Error> {
         let (sender, changes) = std::sync::mpsc::channel();
-        let mut debouncer = new_debouncer(DEBOUNCE, sender)?;
-        debouncer.watcher().watch(dir, RecursiveMode::Recursive)?;
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            forward_changes(&sender, event);
+        })?;
+        watcher.watch(dir, RecursiveMode::Recursive)?;
         let reload = Reload {
             dir: dir.to_path_buf(),
             limits,
@@ -56,30 +65,52 @@ impl Reloader {
         let thread = std::thread::Builder::new()
             .name("script-reload".to_owned())
             .spawn(move || reload.run(&changes))
-            .map_err(notify_debouncer_mini::notify::Error::io)?;
-        Ok(Reloader { debouncer, thread })
+            .map_err(notify::Error::io)?;
+        Ok(Reloader { watcher, thread })
     }
 
     pub fn stop(self) {
-        drop(self.debouncer);
+        drop(self.watcher);
         let _ = self.thread.join();
     }
 }
 
+/// Passes on the watcher's reports that call for a rescan, dropping mere reads.
+fn forward_changes(changes: &Sender<Change>, event: notify::Result<Event>) {
+    let change = match event {
+        Ok(event) if !is_change(&event.kind) => return,
+        Ok(_) => Ok(()),
+        Err(error) => Err(error),
+    };
+    // A closed channel means the reloader is stopping: nothing is left to tell.
+    let _ = changes.send(change);
+}
+
+/// Whether an event may have changed what a rescan would load: a create, modify, rename or
+/// delete, or a file closed after writing. Opening, reading and closing after reading are not.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Other => true,
+    }
+}
+
 impl Reload {
-    fn run(&self, changes: &Receiver<DebounceEventResult>) {
+    fn run(&self, changes: &Receiver<Change>) {
         while let Ok(change) = changes.recv() {
             if let Err(error) = change {
                 tracing::warn!(%error, "watching scripts.dir failed; rescanning");
             }
-            if !self.reload(changes) {
+            if !drain(changes, DEBOUNCE, Until::Quiet) || !self.reload(changes) {
                 return;
             }
         }
     }
 
     /// Rescans and swaps; `false` once the watcher is gone.
-    fn reload(&self, changes: &Receiver<DebounceEventResult>) -> bool {
+    fn reload(&self, changes: &Receiver<Change>) -> bool {
         let started = Instant::now();
         let current = self.scripts.current();
         let (mut set, mut errors) = PluginSet::load(
@@ -94,13 +125,8 @@ impl Reload {
         {
             // Give an editor's unlink-then-create time to finish before calling it a delete:
             // the whole grace, however many changes arrive meanwhile.
-            let deadline = Instant::now() + DELETE_GRACE;
-            loop {
-                match changes.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(_) => continue,
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => return false,
-                }
+            if !drain(changes, DELETE_GRACE, Until::WindowEnds) {
+                return false;
             }
             (set, errors) = PluginSet::load(
                 &self.dir,
@@ -121,5 +147,65 @@ impl Reload {
         );
         self.scripts.replace(set);
         true
+    }
+}
+
+/// How [`drain`] ends.
+#[derive(Clone, Copy)]
+enum Until {
+    /// When no change has come for the window: each change restarts it.
+    Quiet,
+    /// When the window has passed, however many changes arrive meanwhile.
+    WindowEnds,
+}
+
+/// Consumes changes for `window` as `until` says; `false` once the watcher is gone.
+fn drain(changes: &Receiver<Change>, window: Duration, until: Until) -> bool {
+    let mut deadline = Instant::now() + window;
+    loop {
+        match changes.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(_) => {
+                if let Until::Quiet = until {
+                    deadline = Instant::now() + window;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => return true,
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+
+    use super::*;
+
+    #[test]
+    fn reads_are_not_changes() {
+        for kind in [
+            AccessKind::Any,
+            AccessKind::Read,
+            AccessKind::Open(AccessMode::Read),
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Other,
+        ] {
+            assert!(!is_change(&EventKind::Access(kind)), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn writes_creates_renames_and_deletes_are_changes() {
+        for kind in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Any,
+        ] {
+            assert!(is_change(&kind), "{kind:?}");
+        }
     }
 }
