@@ -15,7 +15,7 @@ use anyhow::Context;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use tokio::runtime::Runtime;
 
-use crate::config::{ChannelConfig, Config, EmailTransport};
+use crate::config::{ChannelConfig, Config, MailTransport};
 use crate::store::{SqliteStore, Store, StoreError};
 
 /// Longest wait for one server (SMTP, a channel's host) to answer.
@@ -150,8 +150,8 @@ fn tls(config: &Config, _: &Runtime) -> Vec<Report> {
 
 fn email(config: &Config, runtime: &Runtime) -> Vec<Report> {
     let email = &config.email;
-    let finding = match (email.transport, &email.smtp_url) {
-        (EmailTransport::Smtp, Some(url)) => {
+    let finding = match &email.transport {
+        MailTransport::Smtp { url } => {
             // The URL holds the password: only its host and port are ever shown.
             let server = endpoint(url.expose()).unwrap_or_else(|| "the SMTP server".to_owned());
             match runtime.block_on(smtp_session(url.expose())) {
@@ -161,15 +161,12 @@ fn email(config: &Config, runtime: &Runtime) -> Vec<Report> {
                 )),
             }
         }
-        (EmailTransport::File, _) => Finding::Fine(format!(
+        MailTransport::File { dir } => Finding::Fine(format!(
             "transport \"file\": messages are written to {}",
-            email.dir.display()
+            dir.display()
         )),
-        (EmailTransport::Log, _) => {
+        MailTransport::Log => {
             Finding::Fine("transport \"log\": messages are logged, not sent".to_owned())
-        }
-        (EmailTransport::Smtp, None) => {
-            Finding::Problem("transport \"smtp\" needs email.smtp_url".to_owned())
         }
     };
     vec![Report::new("email", finding)]

@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use platform::{Credentials, PlatformConfig};
-pub use raw::{ChannelKind, EmailTransport, LogFormat, Validation};
-use raw::{RawChannel, RawConfig, RawDelivery, RawEmail, RawScripts, RawServer, RawStore};
+pub use raw::{ChannelKind, LogFormat, Validation};
+use raw::{
+    EmailTransport, RawChannel, RawConfig, RawDelivery, RawEmail, RawScripts, RawServer, RawStore,
+};
 pub use server::{AccessConfig, Limits, TlsConfig, check_token, parse_net};
 
 /// Paths the server answers itself; callback paths may not reuse them.
@@ -82,11 +84,21 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct EmailConfig {
-    pub transport: EmailTransport,
-    pub dir: PathBuf,
+    pub transport: MailTransport,
     pub from: String,
-    /// Set for transport `smtp`.
-    pub smtp_url: Option<Secret>,
+}
+
+/// Where email goes, with what that transport needs: SMTP cannot be chosen without its URL.
+#[derive(Debug, Clone)]
+pub enum MailTransport {
+    Smtp {
+        url: Secret,
+    },
+    /// One `.eml` file per message in `dir`.
+    File {
+        dir: PathBuf,
+    },
+    Log,
 }
 
 #[derive(Debug, Clone)]
@@ -369,7 +381,7 @@ fn email_from_raw(raw: RawEmail) -> Result<EmailConfig, ConfigError> {
         );
         return Err(ConfigError::invalid("email.from", message));
     }
-    let smtp_url = match (raw.transport, raw.smtp_url.is_empty()) {
+    let transport = match (raw.transport, raw.smtp_url.is_empty()) {
         (EmailTransport::Smtp, true) => {
             let message = "transport \"smtp\" needs smtp_url, e.g. \"smtp://user:pass@host:587?tls=required\"";
             return Err(ConfigError::invalid("email.smtp_url", message));
@@ -381,15 +393,16 @@ fn email_from_raw(raw: RawEmail) -> Result<EmailConfig, ConfigError> {
                 let message = "must start with smtp:// or smtps://";
                 return Err(ConfigError::invalid("email.smtp_url", message));
             }
-            Some(Secret(raw.smtp_url))
+            MailTransport::Smtp {
+                url: Secret(raw.smtp_url),
+            }
         }
-        (_, _) => None,
+        (EmailTransport::File, _) => MailTransport::File { dir: raw.dir },
+        (EmailTransport::Log, _) => MailTransport::Log,
     };
     Ok(EmailConfig {
-        transport: raw.transport,
-        dir: raw.dir,
+        transport,
         from: raw.from,
-        smtp_url,
     })
 }
 
@@ -533,6 +546,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(error, "server.paths[1]: must start with '/'");
+    }
+
+    #[test]
+    fn each_email_transport_carries_what_it_needs() {
+        let email = |text: &str| parse(&format!("[email]\n{text}")).map(|c| c.email.transport);
+        let smtp = email("transport = \"smtp\"\nsmtp_url = \"smtp://u:p@h:587\"\n").unwrap();
+        assert!(
+            matches!(&smtp, MailTransport::Smtp { url } if url.expose() == "smtp://u:p@h:587"),
+            "{smtp:?}"
+        );
+        let file = email("transport = \"file\"\ndir = \"out/mail\"\n").unwrap();
+        assert!(
+            matches!(&file, MailTransport::File { dir } if dir == Path::new("out/mail")),
+            "{file:?}"
+        );
+        assert!(matches!(
+            email("transport = \"log\"\n"),
+            Ok(MailTransport::Log)
+        ));
+        let error = email("transport = \"smtp\"\n").unwrap_err().to_string();
+        assert!(error.starts_with("email.smtp_url: "), "{error}");
     }
 
     #[test]

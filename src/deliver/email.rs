@@ -10,7 +10,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::retry::Verdict;
 use crate::action::Email;
-use crate::config::{EmailConfig, EmailTransport};
+use crate::config::{EmailConfig, MailTransport};
 use crate::model::Millis;
 
 pub struct Mailer {
@@ -36,14 +36,14 @@ pub enum MailerError {
 impl Mailer {
     pub fn new(config: &EmailConfig, timeout: Duration) -> Result<Mailer, MailerError> {
         let from = config.from.parse().map_err(MailerError::From)?;
-        let transport = match (config.transport, &config.smtp_url) {
-            (EmailTransport::Smtp, Some(url)) => {
+        let transport = match &config.transport {
+            MailTransport::Smtp { url } => {
                 let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
                     .map_err(MailerError::SmtpUrl)?;
                 Transport::Smtp(builder.timeout(Some(timeout)).build())
             }
-            (EmailTransport::File, _) => Transport::File(config.dir.clone()),
-            (EmailTransport::Smtp, None) | (EmailTransport::Log, _) => Transport::Log,
+            MailTransport::File { dir } => Transport::File(dir.clone()),
+            MailTransport::Log => Transport::Log,
         };
         Ok(Mailer { from, transport })
     }

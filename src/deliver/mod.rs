@@ -42,8 +42,9 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 pub enum DeliveryError {
     #[error(transparent)]
     Mailer(#[from] MailerError),
+    // Built only where the client is built: other HTTP errors are a send's verdict.
     #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[source] reqwest::Error),
     #[error("cannot start delivery: {0}")]
     Thread(#[from] std::io::Error),
     #[error(transparent)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
+use super::DeliveryError;
 use super::email::Mailer;
 use super::payload::{chat_body, dingtalk_url, feishu_sign, webhook_signature};
 use super::platform::PlatformSender;
@@ -23,6 +24,9 @@ const ERROR_EXCERPT: usize = 200;
 /// for the call limit and out throttling; its guard only catches a hang.
 const PLATFORM_CALLS: u32 = 10;
 const PLATFORM_WAITS: Duration = Duration::from_secs(120);
+/// Why a platform action queued while the platform was enabled cannot be sent now.
+const PLATFORM_DISABLED: &str =
+    "the platform is disabled; set platform.enabled = true, then run `notirouter dead retry --all`";
 
 pub struct Sender {
     client: reqwest::Client,
@@ -41,11 +45,12 @@ impl Sender {
         mailer: Mailer,
         platform: Option<PlatformSender>,
         timeout: Duration,
-    ) -> reqwest::Result<Sender> {
+    ) -> Result<Sender, DeliveryError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .user_agent(concat!("notirouter/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .build()
+            .map_err(DeliveryError::Client)?;
         Ok(Sender {
             client,
             channels,
@@ -77,8 +82,7 @@ impl Sender {
             ActionSpec::Platform(op) => match &self.platform {
                 Some(platform) => platform.send(op, pending).await,
                 None => Verdict::Unsendable {
-                    reason: "the platform is disabled; set platform.enabled = true, then run                              `notirouter dead retry --all`"
-                        .to_owned(),
+                    reason: PLATFORM_DISABLED.to_owned(),
                 },
             },
         }
@@ -227,5 +231,16 @@ impl Sender {
                 after: None,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_platform_disabled_reason_is_one_plain_sentence() {
+        assert!(!PLATFORM_DISABLED.contains("  "), "{PLATFORM_DISABLED:?}");
+        assert!(PLATFORM_DISABLED.ends_with("`notirouter dead retry --all`"));
     }
 }
