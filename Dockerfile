@@ -6,6 +6,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The release profile strips the binary (see Cargo.toml; `--profile profiling` keeps symbols).
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim

@@ -400,3 +400,36 @@ fn events_list_on_a_missing_store_exits_2_naming_it() {
     // A typo in store.path must not quietly create an empty store.
     assert!(!dir.path().join("nowhere").exists());
 }
+
+/// The shipped build is the small one: `cargo build --release` (what the Dockerfile runs)
+/// strips symbols and debug info; the `profiling` profile keeps them for profilers.
+#[test]
+fn the_release_build_is_stripped_and_a_profiling_build_keeps_symbols() {
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("Cargo.toml is readable");
+    let manifest: toml::Table = manifest.parse().expect("Cargo.toml is TOML");
+    let profile = |name: &str| manifest["profile"][name].clone();
+    let release = profile("release");
+    assert_eq!(
+        release.get("strip"),
+        Some(&toml::Value::Boolean(true)),
+        "{release}"
+    );
+    assert!(release.get("debug").is_none(), "{release}");
+    let profiling = profile("profiling");
+    assert_eq!(
+        profiling["inherits"].as_str(),
+        Some("release"),
+        "{profiling}"
+    );
+    assert_eq!(profiling["debug"].as_integer(), Some(1), "{profiling}");
+    assert_eq!(profiling["strip"].as_bool(), Some(false), "{profiling}");
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
+            .expect("the Dockerfile is readable");
+    assert!(
+        dockerfile.contains("cargo build --release --locked"),
+        "{dockerfile}"
+    );
+}
