@@ -146,13 +146,14 @@ const VERSIONS: [Rule; 3] = [
     text("sourceVersion"),
 ];
 const RESULT_VALUES: &[&str] = &["SUCCESS", "FAIL"];
+const UPGRADE_TIME: Rule = Rule {
+    field: "upgradeTime",
+    expect: Expect::TextOrNumber,
+    allowed: &[],
+};
 
 fn rules_for(notify_type: &str) -> Option<Vec<Rule>> {
-    let upgrade_time = Rule {
-        field: "upgradeTime",
-        expect: Expect::TextOrNumber,
-        allowed: &[],
-    };
+    let upgrade_time = UPGRADE_TIME;
     let rules = match notify_type {
         "swUpgradeResultNotify" => {
             let mut rules: Vec<Rule> = UPGRADE_IDS.into_iter().chain(VERSIONS).collect();
@@ -196,6 +197,21 @@ fn rules_for(notify_type: &str) -> Option<Vec<Rule>> {
     Some(rules)
 }
 
+/// Fields a type may leave out (PLATFORM-NOTES.md §2 lists them, SPEC.md does not require
+/// them); when present they must still have their documented type. `errorCode` is one of them
+/// unless the upgrade failed (see [`conditional_problems`]).
+fn optional_rules_for(notify_type: &str) -> &'static [Rule] {
+    const SW_RESULT: [Rule; 2] = [text("resultDesc"), text("description")];
+    const FW_RESULT: [Rule; 2] = [text("statusDesc"), UPGRADE_TIME];
+    const FW_STATE: [Rule; 1] = [text("stepDesc")];
+    match notify_type {
+        "swUpgradeResultNotify" => &SW_RESULT,
+        "fwUpgradeResultNotify" => &FW_RESULT,
+        "fwUpgradeStateChangeNotify" => &FW_STATE,
+        _ => &[],
+    }
+}
+
 fn validate(object: &Map<String, Value>, notify_type: Option<&str>) -> Vec<Problem> {
     let Some(notify_type) = notify_type else {
         let error = match object.get("notifyType") {
@@ -211,6 +227,11 @@ fn validate(object: &Map<String, Value>, notify_type: Option<&str>) -> Vec<Probl
         .iter()
         .filter_map(|rule| check(object, rule))
         .collect();
+    problems.extend(
+        optional_rules_for(notify_type)
+            .iter()
+            .filter_map(|rule| check_optional(object, rule)),
+    );
     problems.extend(conditional_problems(object, notify_type));
     problems
 }
@@ -246,13 +267,23 @@ fn check(object: &Map<String, Value>, rule: &Rule) -> Option<Problem> {
     })
 }
 
+/// As [`check`], for a field that may be absent (or null, which says the same).
+fn check_optional(object: &Map<String, Value>, rule: &Rule) -> Option<Problem> {
+    match object.get(rule.field) {
+        None | Some(Value::Null) => None,
+        Some(_) => check(object, rule),
+    }
+}
+
 /// Rules that depend on another field's value.
 fn conditional_problems(object: &Map<String, Value>, notify_type: &str) -> Vec<Problem> {
     let mut problems = Vec::new();
     let failed = object.get("swUpgradeResult").and_then(Value::as_str) == Some("FAIL");
-    if notify_type == "swUpgradeResultNotify" && failed {
+    if notify_type == "swUpgradeResultNotify" {
         let rule = text("errorCode");
-        if let Some(mut problem) = check(object, &rule) {
+        if !failed {
+            problems.extend(check_optional(object, &rule));
+        } else if let Some(mut problem) = check(object, &rule) {
             problem
                 .error
                 .push_str(" (mandatory when swUpgradeResult is FAIL)");
@@ -378,6 +409,25 @@ mod tests {
                 .all(|p| p.severity == Severity::Invalid)
         );
         assert_eq!(notification.problems[2].error, "must be a string");
+    }
+
+    #[test]
+    fn optional_string_fields_must_be_strings_when_present() {
+        let mut body = sw_fail();
+        body["resultDesc"] = 12345.into();
+        body["description"] = true.into();
+        assert_eq!(fields(&parse_value(&body)), ["resultDesc", "description"]);
+        body["resultDesc"] = Value::Null;
+        body.as_object_mut().unwrap().remove("description");
+        assert!(parse_value(&body).problems.is_empty());
+        let firmware = serde_json::json!({
+            "notifyType": "fwUpgradeResultNotify", "deviceId": "d", "appId": "a",
+            "operationId": "o", "subOperationId": "s", "curVersion": "1", "targetVersion": "2",
+            "sourceVersion": "1", "status": "FAIL", "statusDesc": []
+        });
+        let notification = parse_value(&firmware);
+        assert_eq!(fields(&notification), ["statusDesc"]);
+        assert_eq!(notification.problems[0].severity, Severity::Invalid);
     }
 
     #[test]

@@ -124,6 +124,42 @@ fn invalid_cases() -> Vec<InvalidCase> {
             "must be an object",
         ),
         case(
+            "numeric resultDesc",
+            with(fixtures::sw_fail("result-desc"), "resultDesc", json!(12345)),
+            "resultDesc",
+            "must be a string",
+        ),
+        case(
+            "boolean description",
+            with(fixtures::sw_fail("description"), "description", json!(true)),
+            "description",
+            "must be a string",
+        ),
+        case(
+            "numeric errorCode on SUCCESS",
+            with(fixtures::sw_success("success-code"), "errorCode", json!(0)),
+            "errorCode",
+            "must be a string",
+        ),
+        case(
+            "array statusDesc",
+            with(fixtures::fw_result("status-desc"), "statusDesc", json!([])),
+            "statusDesc",
+            "must be a string",
+        ),
+        case(
+            "boolean firmware upgradeTime",
+            with(fixtures::fw_result("fw-time"), "upgradeTime", json!(false)),
+            "upgradeTime",
+            "must be a string or a number",
+        ),
+        case(
+            "numeric stepDesc",
+            with(fixtures::fw_state("step-desc"), "stepDesc", json!(2)),
+            "stepDesc",
+            "must be a string",
+        ),
+        case(
             "no notifyType and not command-shaped",
             json!({"deviceId": "untyped", "operationId": "o"}),
             "notifyType",
