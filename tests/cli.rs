@@ -45,6 +45,7 @@ chat_channel = "ops"
 
 [channels.ops]
 kind = "log"
+dir = "data/chat"
 
 [channels.hook]
 kind = "webhook"

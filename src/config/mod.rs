@@ -159,7 +159,12 @@ pub struct ChannelConfig {
     pub url: Option<Secret>,
     pub secret: Option<Secret>,
     pub headers: BTreeMap<String, String>,
+    /// Where kind `log` writes each message as `<key>.json`; unused by the other kinds.
+    pub dir: PathBuf,
 }
+
+/// Where a `log` channel writes its messages unless its `dir` says otherwise.
+pub const DEFAULT_CHAT_DIR: &str = "data/chat";
 
 /// A value that must never reach a log: its `Debug` prints `***`. Webhook URLs count, since
 /// Slack-style URLs carry their token in the path.
@@ -365,11 +370,21 @@ fn channel_from_raw(name: &str, raw: RawChannel) -> Result<ChannelConfig, Config
             return Err(ConfigError::invalid(&key(".url"), message));
         }
     };
+    let dir = match (raw.kind, raw.dir) {
+        (ChannelKind::Log, dir) => dir.unwrap_or_else(|| PathBuf::from(DEFAULT_CHAT_DIR)),
+        (kind, Some(_)) => {
+            let message =
+                format!("kind \"{kind}\" posts to its url and writes no files; remove the dir");
+            return Err(ConfigError::invalid(&key(".dir"), message));
+        }
+        (_, None) => PathBuf::from(DEFAULT_CHAT_DIR),
+    };
     Ok(ChannelConfig {
         kind: raw.kind,
         url,
         secret: raw.secret.filter(|secret| !secret.is_empty()).map(Secret),
         headers: raw.headers,
+        dir,
     })
 }
 
@@ -610,6 +625,16 @@ mod tests {
         );
         let error = parse("[channels.ops]\nkind = \"log\"\nurl = \"https://x\"").unwrap_err();
         assert!(error.to_string().contains("remove the url"), "{error}");
+        let log = parse(
+            "[channels.ops]\nkind = \"log\"\n[channels.audit]\nkind = \"log\"\ndir = \"/var/chat\"",
+        )
+        .unwrap();
+        assert_eq!(log.channels["ops"].dir, Path::new("data/chat"));
+        assert_eq!(log.channels["audit"].dir, Path::new("/var/chat"));
+        let error = parse("[channels.ops]\nkind = \"slack\"\nurl = \"https://x\"\ndir = \"d\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("channels.ops.dir: "), "{error}");
         let error = parse("[channels.ops]\nkind = \"sms\"")
             .unwrap_err()
             .to_string();

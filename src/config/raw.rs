@@ -331,6 +331,9 @@ pub(super) struct RawChannel {
     /// Extra HTTP headers sent with every post.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Kind `log` only: where each message is written as a file.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,7 +3,7 @@
 //! [`Verdict`]; nothing here retries or records.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -35,8 +35,6 @@ pub struct Sender {
     /// Set when the platform is enabled.
     platform: Option<PlatformSender>,
     timeout: Duration,
-    /// Where `log` channels write their messages.
-    chat_dir: PathBuf,
 }
 
 impl Sender {
@@ -57,7 +55,6 @@ impl Sender {
             mailer,
             platform,
             timeout,
-            chat_dir: PathBuf::from("data/chat"),
         })
     }
 
@@ -101,9 +98,7 @@ impl Sender {
         };
         let mut body = chat_body(channel.kind, chat);
         let Some(url) = &channel.url else {
-            return self
-                .log_chat(&chat.channel, &body, &pending.idempotency_key)
-                .await;
+            return log_chat(&chat.channel, &channel.dir, &body, &pending.idempotency_key).await;
         };
         let now = crate::model::Millis::now();
         let url = match (channel.kind, &channel.secret) {
@@ -218,19 +213,19 @@ impl Sender {
         let excerpt: String = text.chars().take(ERROR_EXCERPT).collect();
         classify_http(status, &headers, excerpt.trim())
     }
+}
 
-    /// A `log` channel: a log line, and the message as `data/chat/<key>.json`.
-    async fn log_chat(&self, channel: &str, body: &Value, key: &str) -> Verdict {
-        tracing::info!(%channel, message = %body, "chat message (log channel)");
-        let bytes = serde_json::to_vec_pretty(body).expect("a JSON value serialises");
-        let name = format!("{key}.json");
-        match super::write_atomically(&self.chat_dir, &name, &bytes).await {
-            Ok(()) => Verdict::Sent { result: None },
-            Err(error) => Verdict::Retry {
-                reason: format!("cannot write to {}: {error}", self.chat_dir.display()),
-                after: None,
-            },
-        }
+/// A `log` channel: a log line, and the message as `<key>.json` in the channel's `dir`.
+async fn log_chat(channel: &str, dir: &Path, body: &Value, key: &str) -> Verdict {
+    tracing::info!(%channel, message = %body, "chat message (log channel)");
+    let bytes = serde_json::to_vec_pretty(body).expect("a JSON value serialises");
+    let name = format!("{key}.json");
+    match super::write_atomically(dir, &name, &bytes).await {
+        Ok(()) => Verdict::Sent { result: None },
+        Err(error) => Verdict::Retry {
+            reason: format!("cannot write to {}: {error}", dir.display()),
+            after: None,
+        },
     }
 }
 
