@@ -546,3 +546,101 @@ fn slow_header_clients_neither_starve_others_nor_stay_connected() {
         "slow clients were still connected after the header timeout"
     );
 }
+
+/// What [`endless_answer_sink`] saw of its first connection.
+#[derive(Default)]
+struct EndlessAnswer {
+    /// Bytes of the body written before the client hung up (or all of them).
+    written: std::sync::atomic::AtomicUsize,
+    /// Whether the client hung up before the body's end.
+    hung_up: AtomicBool,
+}
+
+/// The most an endless answer sends before it stalls: far more than any excerpt needs, far
+/// less than a test machine's memory.
+const ENDLESS_LIMIT: usize = 128 << 20;
+
+/// A destination that answers every POST with a 500 whose chunked body begins with
+/// `endless answer begins` and goes on for [`ENDLESS_LIMIT`] bytes, then stalls without ending.
+fn endless_answer_sink() -> (SocketAddr, Arc<EndlessAnswer>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let addr = listener.local_addr().expect("bound");
+    let seen = Arc::new(EndlessAnswer::default());
+    let first = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for (index, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            let seen = (index == 0).then(|| Arc::clone(&first));
+            std::thread::spawn(move || answer_endlessly(stream, seen.as_deref()));
+        }
+    });
+    (addr, seen)
+}
+
+fn answer_endlessly(mut stream: TcpStream, seen: Option<&EndlessAnswer>) {
+    let mut request = [0_u8; 4096];
+    let _ = stream.read(&mut request);
+    let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\n\
+                transfer-encoding: chunked\r\n\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut chunk = b"endless answer begins ".to_vec();
+    chunk.resize(64 << 10, b'x');
+    let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+    let mut written = 0;
+    while written < ENDLESS_LIMIT {
+        if stream.write_all(&framed).is_err() {
+            if let Some(seen) = seen {
+                seen.hung_up.store(true, Ordering::SeqCst);
+            }
+            return;
+        }
+        written += chunk.len();
+        if let Some(seen) = seen {
+            seen.written.store(written, Ordering::SeqCst);
+        }
+    }
+    // Stalled: the body never ends; the client's timeout or hang-up ends the connection.
+    let _ = stream.read(&mut request);
+}
+
+#[test]
+fn an_endless_answer_is_read_only_as_far_as_the_error_needs() {
+    let (addr, seen) = endless_answer_sink();
+    let plugin = format!(
+        "fn on_notification(n) {{ webhook(\"http://{addr}/hook\", #{{device: n.deviceId}}); }}"
+    );
+    // A timeout longer than the waits below: only reading less than the whole answer passes.
+    let server = TestServer::start_with_plugins(
+        "[delivery]\ntimeout = \"60s\"\n",
+        &[("hook.rhai", plugin.as_str())],
+    );
+    let id = server.post_accepted(&fixtures::sw_fail("dev-endless"));
+    let hung_up = wait_until(SETTLE_TIMEOUT, || seen.hung_up.load(Ordering::SeqCst));
+    let written = seen.written.load(Ordering::SeqCst);
+    assert!(
+        hung_up,
+        "the server read {written} bytes of the answer without hanging up; logs:\n{}",
+        server.logs()
+    );
+    assert!(written < ENDLESS_LIMIT, "{written}");
+    let mut action = Value::Null;
+    let recorded = wait_until(SETTLE_TIMEOUT, || {
+        action = server.event_detail(&id)["actions"][0].clone();
+        action["attempts"]
+            .as_u64()
+            .is_some_and(|attempts| attempts >= 1)
+    });
+    assert!(recorded, "no attempt recorded: {action:#}");
+    let error = action["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("HTTP 500 Internal Server Error: endless answer begins xxx"),
+        "{action:#}"
+    );
+    assert!(
+        error.len() < 1024,
+        "the excerpt is short: {} bytes",
+        error.len()
+    );
+}

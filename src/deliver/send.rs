@@ -20,6 +20,9 @@ use crate::store::PendingAction;
 
 /// How much of an error answer is kept in `last_error`.
 const ERROR_EXCERPT: usize = 200;
+/// How much of an answer is read: enough for [`ERROR_EXCERPT`] characters of UTF-8 after
+/// leading whitespace. The rest is never read; the connection is dropped instead.
+const ERROR_READ_LIMIT: usize = 8 << 10;
 /// A platform delivery makes several calls, each bounded by `delivery.timeout`, and may wait
 /// for the call limit and out throttling; its guard only catches a hang.
 const PLATFORM_CALLS: u32 = 10;
@@ -209,10 +212,29 @@ impl Sender {
             }
         };
         let (status, headers) = (response.status(), response.headers().clone());
-        let text = response.text().await.unwrap_or_default();
-        let excerpt: String = text.chars().take(ERROR_EXCERPT).collect();
+        // Read to its end when short, so that the connection can be used again.
+        let start = read_at_most(response, ERROR_READ_LIMIT).await;
+        let text = String::from_utf8_lossy(&start);
+        let excerpt: String = text.trim().chars().take(ERROR_EXCERPT).collect();
         classify_http(status, &headers, excerpt.trim())
     }
+}
+
+/// The first `limit` bytes of an answer's body (fewer if it ends or fails first). Dropping
+/// the response with its body unread closes the connection, so an endless or trickling answer
+/// costs no more than this.
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut start = Vec::new();
+    while start.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - start.len();
+                start.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    start
 }
 
 /// A `log` channel: a log line, and the message as `<key>.json` in the channel's `dir`.
