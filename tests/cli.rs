@@ -115,7 +115,7 @@ fn check_says_what_an_invalid_value_should_be() {
         (
             "[server]\naccept_timeout = \"5x\"\n",
             ":2:18",
-            "expected a duration",
+            "server.accept_timeout: \"5x\" is not a duration",
         ),
         (
             "[server]\nlisten = \"nope\"\n",

@@ -195,3 +195,136 @@ fn ip_address() -> impl Strategy<Value = IpAddr> {
         any::<u128>().prop_map(|bits| IpAddr::V6(Ipv6Addr::from(bits))),
     ]
 }
+
+/// The reference configuration: the README's `## Configuration` example, which sets every key.
+fn reference_config() -> toml::Table {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("the README is readable");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .expect("the README has a Configuration section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the Configuration section has a TOML example");
+    block.parse().expect("the reference config is TOML")
+}
+
+/// Every key of `table` that holds a value (not a table of keys), as its path, with that
+/// value; `[vars]` is free-form and left out.
+fn leaf_keys(table: &toml::Table, prefix: &[String], out: &mut Vec<(Vec<String>, toml::Value)>) {
+    for (key, value) in table {
+        let mut path = prefix.to_vec();
+        path.push(key.clone());
+        match value {
+            _ if path == ["vars"] => {}
+            // An empty inline table (`headers = {}`) is a value of its own.
+            toml::Value::Table(inner) if !inner.is_empty() => leaf_keys(inner, &path, out),
+            _ => out.push((path, value.clone())),
+        }
+    }
+}
+
+fn reference_keys() -> Vec<(Vec<String>, toml::Value)> {
+    let mut keys = Vec::new();
+    leaf_keys(&reference_config(), &[], &mut keys);
+    assert!(keys.len() > 50, "only {} keys found", keys.len());
+    keys
+}
+
+/// Values of every TOML type, as TOML source.
+fn any_toml_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "\"[a-z0-9 .:/]{0,12}\"",
+        "0|-?[1-9][0-9]{0,11}",
+        "-?[1-9][0-9]{0,2}\\.[0-9]{1,3}",
+        Just("true".to_owned()),
+        Just("false".to_owned()),
+        Just("[1, \"a\"]".to_owned()),
+        Just("[]".to_owned()),
+        Just("{ x = 1 }".to_owned()),
+    ]
+}
+
+/// Whether `message` is a rule across keys that setting `path` broke, such as
+/// `platform.enabled = true` without `platform.base_url`: it names another key of the section.
+fn names_a_sibling_rule(message: &str, path: &[String]) -> bool {
+    message.starts_with(&format!("{}.", path[0]))
+}
+
+fn same_type(a: &toml::Value, b: &toml::Value) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+fn with_value(mut table: toml::Table, path: &[String], value: toml::Value) -> toml::Table {
+    let (last, parents) = path.split_last().expect("a key has a name");
+    let mut current = &mut table;
+    for key in parents {
+        current = current[key.as_str()]
+            .as_table_mut()
+            .expect("a parent of a key is a table");
+    }
+    current.insert(last.clone(), value);
+    table
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    /// Any value for any key of the reference config loads, or is refused naming that key
+    /// (with its line, when serde refused it); a value of another type than the reference's is
+    /// always refused.
+    #[test]
+    fn a_wrong_value_for_any_key_is_refused_naming_the_key(
+        index in any::<prop::sample::Index>(),
+        written in any_toml_value(),
+    ) {
+        let keys = reference_keys();
+        let (path, reference) = &keys[index.index(keys.len())];
+        let value: toml::Value = format!("v = {written}").parse::<toml::Table>().expect("TOML")["v"].clone();
+        let text = toml::to_string(&with_value(reference_config(), path, value.clone())).expect("serialises");
+        let dotted = path.join(".");
+        match Config::parse(&text, Path::new("reference.toml"), Vec::new()) {
+            Ok(_) => prop_assert!(same_type(reference, &value), "{dotted} = {written} was accepted"),
+            Err(error) => {
+                let message = error.to_string();
+                prop_assert!(
+                    message.contains(&dotted) || names_a_sibling_rule(&message, path),
+                    "{dotted} = {written}: {message}"
+                );
+                // With a position, the key named is on the line it gives (a key below this
+                // one when the value is a table or a list).
+                if let Some(place) = message.strip_prefix("reference.toml:") {
+                    let mut parts = place.splitn(3, ": ");
+                    let position = parts.next().unwrap_or_default();
+                    let named = parts.next().unwrap_or_default();
+                    let line: usize = position.split(':').next().and_then(|n| n.parse().ok()).expect("a line number");
+                    let written_line = text.lines().nth(line - 1).unwrap_or_default();
+                    let last = named.rsplit('.').next().unwrap_or_default().split('[').next().unwrap_or_default();
+                    prop_assert!(named.starts_with(&dotted), "{dotted} = {written}: {message}");
+                    prop_assert!(written_line.contains(last), "line {line} is {written_line:?}: {message}");
+                }
+            }
+        }
+    }
+
+    /// As above, with the value set by its `NOTIROUTER__…` variable: a refusal names the
+    /// variable.
+    #[test]
+    fn a_wrong_override_of_any_key_is_refused_naming_the_variable(
+        index in any::<prop::sample::Index>(),
+        written in any_toml_value(),
+    ) {
+        let keys = reference_keys();
+        let (path, _) = &keys[index.index(keys.len())];
+        let reference = toml::to_string(&reference_config()).expect("serialises");
+        let var = format!("NOTIROUTER__{}", path.join("__").to_uppercase());
+        if let Err(error) = Config::parse(&reference, Path::new("reference.toml"), vec![(var.clone(), written.clone())]) {
+            let message = error.to_string();
+            let named = message.contains(&var) && message.contains(&path.join("."));
+            prop_assert!(named || names_a_sibling_rule(&message, path), "{var}={written}: {message}");
+        }
+    }
+}

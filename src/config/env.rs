@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::raw::RawConfig;
-use super::{ConfigError, ENV_PREFIX, file_error};
+use super::{ConfigError, ENV_PREFIX, file_error, value_error_message};
 
 /// Applies the overrides one at a time, in name order, re-checking after each so that an error
 /// names the variable that caused it.
@@ -32,7 +32,17 @@ pub(super) fn apply_overrides(
         }
         set_key(&mut table, &keys, override_value(value)).map_err(env_error)?;
         let merged = toml::to_string(&table).map_err(|e| env_error(e.to_string()))?;
-        raw = Some(toml::from_str(&merged).map_err(|e| env_error(e.message().to_owned()))?);
+        let parsed = toml::from_str(&merged).map_err(|error| {
+            // The variable set this key alone: name it when serde's message does not (an
+            // unknown key's message names it already).
+            let message = value_error_message(&merged, &error);
+            let key = keys.join(".");
+            match message.starts_with(&key) || message.starts_with("unknown field") {
+                true => env_error(message),
+                false => env_error(format!("{key}: {message}")),
+            }
+        });
+        raw = Some(parsed?);
     }
     Ok(raw.expect("apply_overrides is only called with at least one override"))
 }

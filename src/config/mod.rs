@@ -9,6 +9,7 @@
 //! would be silently ignored is worse than an error.
 
 mod env;
+mod explain;
 mod platform;
 mod raw;
 mod server;
@@ -458,7 +459,6 @@ fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
 }
 
 pub(super) fn file_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
-    let message = error.message().to_owned();
     match error.span() {
         Some(span) => {
             let (line, column) = line_and_column(text, span.start);
@@ -466,13 +466,21 @@ pub(super) fn file_error(path: &Path, text: &str, error: &toml::de::Error) -> Co
                 path: path.to_owned(),
                 line,
                 column,
-                message,
+                message: explain::explain(text, &span, error.message()),
             }
         }
         None => ConfigError::FileSyntax {
             path: path.to_owned(),
-            message,
+            message: error.message().to_owned(),
         },
+    }
+}
+
+/// A deserializer error's message, naming the key when the error points at a value of `text`.
+pub(super) fn value_error_message(text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => explain::explain(text, &span, error.message()),
+        None => error.message().to_owned(),
     }
 }
 
