@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Barrier;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::fixtures::{self, with, without};
 use common::{
@@ -646,23 +646,45 @@ fn concurrent_identical_posts_store_one_event() {
     assert_eq!(server.event_ids(), [id]);
 }
 
+/// When the server stamped event `id` as received.
+fn received_at(server: &TestServer, id: &str) -> SystemTime {
+    let event = listed_event(server, id);
+    let stamp = event["received_at"]
+        .as_str()
+        .expect("received_at is a string");
+    humantime::parse_rfc3339_weak(stamp).expect("received_at is RFC 3339")
+}
+
 #[test]
 fn the_dedup_window_runs_from_the_first_copy_and_is_not_extended_by_duplicates() {
-    let server = TestServer::start("[store]\ndedup_window = \"1s\"\n");
+    const WINDOW: Duration = Duration::from_secs(2);
+    let server = TestServer::start("[store]\ndedup_window = \"2s\"\n");
     let body = fixtures::sw_fail("window");
     let first = post(&server, RECEIVER, &body).accepted_clean();
-    // The server stamped the first copy before this instant.
-    let first_answered = Instant::now();
-
-    assert!(wait_until(SETTLE_TIMEOUT, || first_answered.elapsed()
-        >= Duration::from_millis(500)));
     assert_eq!(post(&server, RECEIVER, &body).duplicate(), first);
 
-    // Past the first copy's window, yet well within a window restarted by the duplicate.
-    assert!(wait_until(SETTLE_TIMEOUT, || first_answered.elapsed()
-        >= Duration::from_millis(1150)));
-    let second = post(&server, RECEIVER, &body).accepted_clean();
+    // Copies posted without pause: were each duplicate to restart the window, none would ever
+    // be new again.
+    let mut second = None;
+    let renewed = wait_until(SETTLE_TIMEOUT, || {
+        let reply = post(&server, RECEIVER, &body);
+        match reply.json()["status"].as_str() {
+            Some("duplicate") => assert_eq!(reply.duplicate(), first),
+            _ => second = Some(reply.accepted_clean()),
+        }
+        second.is_some()
+    });
+    assert!(renewed, "copies were duplicates for {SETTLE_TIMEOUT:?}");
+    let second = second.expect("set with renewed");
     assert_ne!(second, first);
+    // ...and not before the window has passed, by the server's own stamps.
+    let apart = received_at(&server, &second)
+        .duration_since(received_at(&server, &first))
+        .expect("the second copy came later");
+    assert!(
+        apart >= WINDOW,
+        "a new event only {apart:?} after the first"
+    );
     assert_eq!(post(&server, RECEIVER, &body).duplicate(), second);
 }
 
