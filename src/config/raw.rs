@@ -40,7 +40,7 @@ pub enum ChannelKind {
     Wecom,
     Feishu,
     Webhook,
-    /// A log line and a file under `data/chat/`: for the default config and local use.
+    /// A log line and a file in the channel's `dir`: for the default config and local use.
     Log,
 }
 
