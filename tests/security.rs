@@ -590,9 +590,11 @@ struct EndlessAnswer {
 /// less than a test machine's memory.
 const ENDLESS_LIMIT: usize = 128 << 20;
 
-/// A destination that answers every POST with a 500 whose chunked body begins with
-/// `endless answer begins` and goes on for [`ENDLESS_LIMIT`] bytes, then stalls without ending.
-fn endless_answer_sink() -> (SocketAddr, Arc<EndlessAnswer>) {
+/// A destination that answers every POST with `answer`, which is told what it sees on the
+/// first connection.
+fn answering_sink(
+    answer: fn(TcpStream, Option<&EndlessAnswer>),
+) -> (SocketAddr, Arc<EndlessAnswer>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
     let addr = listener.local_addr().expect("bound");
     let seen = Arc::new(EndlessAnswer::default());
@@ -601,23 +603,34 @@ fn endless_answer_sink() -> (SocketAddr, Arc<EndlessAnswer>) {
         for (index, stream) in listener.incoming().enumerate() {
             let Ok(stream) = stream else { continue };
             let seen = (index == 0).then(|| Arc::clone(&first));
-            std::thread::spawn(move || answer_endlessly(stream, seen.as_deref()));
+            std::thread::spawn(move || answer(stream, seen.as_deref()));
         }
     });
     (addr, seen)
 }
 
-fn answer_endlessly(mut stream: TcpStream, seen: Option<&EndlessAnswer>) {
+/// Reads the request and sends the head of a chunked 500 answer; `false` if the client left.
+fn start_chunked_error(stream: &mut TcpStream) -> bool {
     let mut request = [0_u8; 4096];
     let _ = stream.read(&mut request);
     let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\n\
                 transfer-encoding: chunked\r\n\r\n";
-    if stream.write_all(head.as_bytes()).is_err() {
+    stream.write_all(head.as_bytes()).is_ok()
+}
+
+fn chunk(bytes: &[u8]) -> Vec<u8> {
+    [format!("{:x}\r\n", bytes.len()).as_bytes(), bytes, b"\r\n"].concat()
+}
+
+/// A 500 whose body begins with `endless answer begins` and goes on for [`ENDLESS_LIMIT`]
+/// bytes, then stalls without ending.
+fn answer_endlessly(mut stream: TcpStream, seen: Option<&EndlessAnswer>) {
+    if !start_chunked_error(&mut stream) {
         return;
     }
-    let mut chunk = b"endless answer begins ".to_vec();
-    chunk.resize(64 << 10, b'x');
-    let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+    let mut body = b"endless answer begins ".to_vec();
+    body.resize(64 << 10, b'x');
+    let framed = chunk(&body);
     let mut written = 0;
     while written < ENDLESS_LIMIT {
         if stream.write_all(&framed).is_err() {
@@ -626,18 +639,37 @@ fn answer_endlessly(mut stream: TcpStream, seen: Option<&EndlessAnswer>) {
             }
             return;
         }
-        written += chunk.len();
+        written += body.len();
         if let Some(seen) = seen {
             seen.written.store(written, Ordering::SeqCst);
         }
     }
     // Stalled: the body never ends; the client's timeout or hang-up ends the connection.
-    let _ = stream.read(&mut request);
+    let _ = stream.read(&mut [0_u8; 1]);
+}
+
+/// A 500 whose body begins with `trickled answer begins`, then adds a byte every 100 ms for
+/// at most a minute.
+fn answer_by_trickle(mut stream: TcpStream, seen: Option<&EndlessAnswer>) {
+    if !start_chunked_error(&mut stream)
+        || stream.write_all(&chunk(b"trickled answer begins")).is_err()
+    {
+        return;
+    }
+    for _ in 0..600 {
+        std::thread::sleep(Duration::from_millis(100));
+        if stream.write_all(&chunk(b".")).is_err() {
+            if let Some(seen) = seen {
+                seen.hung_up.store(true, Ordering::SeqCst);
+            }
+            return;
+        }
+    }
 }
 
 #[test]
 fn an_endless_answer_is_read_only_as_far_as_the_error_needs() {
-    let (addr, seen) = endless_answer_sink();
+    let (addr, seen) = answering_sink(answer_endlessly);
     let plugin = format!(
         "fn on_notification(n) {{ webhook(\"http://{addr}/hook\", #{{device: n.deviceId}}); }}"
     );
@@ -672,5 +704,37 @@ fn an_endless_answer_is_read_only_as_far_as_the_error_needs() {
         error.len() < 1024,
         "the excerpt is short: {} bytes",
         error.len()
+    );
+}
+
+#[test]
+fn a_trickling_answer_ends_with_the_attempt_and_keeps_what_came() {
+    let (addr, seen) = answering_sink(answer_by_trickle);
+    let plugin = format!(
+        "fn on_notification(n) {{ webhook(\"http://{addr}/hook\", #{{device: n.deviceId}}); }}"
+    );
+    let server = TestServer::start_with_plugins(
+        "[delivery]\ntimeout = \"1s\"\nmax_attempts = 1\n",
+        &[("hook.rhai", plugin.as_str())],
+    );
+    let id = server.post_accepted(&fixtures::sw_fail("dev-trickle"));
+    let mut action = Value::Null;
+    let dead = wait_until(SETTLE_TIMEOUT, || {
+        action = server.event_detail(&id)["actions"][0].clone();
+        action["status"] == "dead"
+    });
+    assert!(
+        dead,
+        "the attempt did not end: {action:#}\nlogs:\n{}",
+        server.logs()
+    );
+    let error = action["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("HTTP 500 Internal Server Error: trickled answer begins"),
+        "{action:#}"
+    );
+    assert!(
+        wait_until(SETTLE_TIMEOUT, || seen.hung_up.load(Ordering::SeqCst)),
+        "the connection was kept open after the attempt"
     );
 }
