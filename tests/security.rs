@@ -667,18 +667,25 @@ fn answer_by_trickle(mut stream: TcpStream, seen: Option<&EndlessAnswer>) {
     }
 }
 
-#[test]
-fn an_endless_answer_is_read_only_as_far_as_the_error_needs() {
-    let (addr, seen) = answering_sink(answer_endlessly);
+/// A server with `delivery` settings whose plugin posts a webhook to `addr` for each event,
+/// and the id of one event it accepted.
+fn webhook_to(addr: SocketAddr, delivery: &str) -> (TestServer, String) {
     let plugin = format!(
         "fn on_notification(n) {{ webhook(\"http://{addr}/hook\", #{{device: n.deviceId}}); }}"
     );
-    // A timeout longer than the waits below: only reading less than the whole answer passes.
     let server = TestServer::start_with_plugins(
-        "[delivery]\ntimeout = \"60s\"\n",
+        &format!("[delivery]\n{delivery}"),
         &[("hook.rhai", plugin.as_str())],
     );
-    let id = server.post_accepted(&fixtures::sw_fail("dev-endless"));
+    let id = server.post_accepted(&fixtures::sw_fail("dev-answers"));
+    (server, id)
+}
+
+#[test]
+fn an_endless_answer_is_read_only_as_far_as_the_error_needs() {
+    let (addr, seen) = answering_sink(answer_endlessly);
+    // A timeout longer than the waits below: only reading less than the whole answer passes.
+    let (server, id) = webhook_to(addr, "timeout = \"60s\"\n");
     let hung_up = wait_until(SETTLE_TIMEOUT, || seen.hung_up.load(Ordering::SeqCst));
     let written = seen.written.load(Ordering::SeqCst);
     assert!(
@@ -710,14 +717,7 @@ fn an_endless_answer_is_read_only_as_far_as_the_error_needs() {
 #[test]
 fn a_trickling_answer_ends_with_the_attempt_and_keeps_what_came() {
     let (addr, seen) = answering_sink(answer_by_trickle);
-    let plugin = format!(
-        "fn on_notification(n) {{ webhook(\"http://{addr}/hook\", #{{device: n.deviceId}}); }}"
-    );
-    let server = TestServer::start_with_plugins(
-        "[delivery]\ntimeout = \"1s\"\nmax_attempts = 1\n",
-        &[("hook.rhai", plugin.as_str())],
-    );
-    let id = server.post_accepted(&fixtures::sw_fail("dev-trickle"));
+    let (server, id) = webhook_to(addr, "timeout = \"1s\"\nmax_attempts = 1\n");
     let mut action = Value::Null;
     let dead = wait_until(SETTLE_TIMEOUT, || {
         action = server.event_detail(&id)["actions"][0].clone();

@@ -9,6 +9,7 @@ use lettre::message::{Mailbox, Mailboxes, MultiPart, header};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::retry::Verdict;
+use super::send::write_message_file;
 use crate::action::Email;
 use crate::config::{EmailConfig, MailTransport};
 use crate::model::Millis;
@@ -58,7 +59,10 @@ impl Mailer {
                 Ok(_) => Verdict::Sent { result: None },
                 Err(error) => smtp_verdict(&error),
             },
-            Transport::File(dir) => write_eml(dir, key, &message.formatted()).await,
+            Transport::File(dir) => {
+                let name = format!("{key}.eml");
+                write_message_file(dir, &name, &message.formatted()).await
+            }
             Transport::Log => {
                 tracing::info!(to = ?email.to, subject = %email.subject, message_id = %key, "email (log transport)");
                 Verdict::Sent { result: None }
@@ -115,17 +119,6 @@ fn smtp_verdict(error: &lettre::transport::smtp::Error) -> Verdict {
             reason,
             after: None,
         }
-    }
-}
-
-/// Writes `<key>.eml`; a resend replaces rather than duplicates it.
-async fn write_eml(dir: &std::path::Path, key: &str, bytes: &[u8]) -> Verdict {
-    match super::write_atomically(dir, &format!("{key}.eml"), bytes).await {
-        Ok(()) => Verdict::Sent { result: None },
-        Err(error) => Verdict::Retry {
-            reason: format!("cannot write the .eml file in {}: {error}", dir.display()),
-            after: None,
-        },
     }
 }
 

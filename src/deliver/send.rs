@@ -241,11 +241,16 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> 
 async fn log_chat(channel: &str, dir: &Path, body: &Value, key: &str) -> Verdict {
     tracing::info!(%channel, message = %body, "chat message (log channel)");
     let bytes = serde_json::to_vec_pretty(body).expect("a JSON value serialises");
-    let name = format!("{key}.json");
-    match super::write_atomically(dir, &name, &bytes).await {
+    write_message_file(dir, &format!("{key}.json"), &bytes).await
+}
+
+/// Writes one message as the file `name` in `dir`; a resend replaces rather than duplicates
+/// it. A failure to write is worth a retry.
+pub(super) async fn write_message_file(dir: &Path, name: &str, bytes: &[u8]) -> Verdict {
+    match super::write_atomically(dir, name, bytes).await {
         Ok(()) => Verdict::Sent { result: None },
         Err(error) => Verdict::Retry {
-            reason: format!("cannot write to {}: {error}", dir.display()),
+            reason: format!("cannot write {name} in {}: {error}", dir.display()),
             after: None,
         },
     }
