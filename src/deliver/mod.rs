@@ -203,14 +203,15 @@ impl Scheduler {
         }
         let next_due = self.blocking(|store| store.next_due()).await?;
         // Actions already due that this round could not start wait for a slot (a finished
-        // send refills its destination) or for their breaker (which defers them): neither needs
-        // another round before the timer.
+        // send refills its destination) or for their breaker to reopen: wake at the earlier
+        // of that and the next due action.
         let until_due = match next_due {
             Some(due) if due > Millis::now() => {
                 Duration::from_millis(due.0.saturating_sub(Millis::now().0) as u64)
             }
             _ => MAX_IDLE,
         };
+        let until_due = until_due.min(self.until_a_breaker_reopens());
         Ok(until_due.clamp(Duration::from_millis(5), MAX_IDLE))
     }
 
@@ -221,7 +222,7 @@ impl Scheduler {
         now: Millis,
         sends: &mut JoinSet<String>,
     ) -> Result<(), StoreError> {
-        let Some(take) = self.admit(destination, now) else {
+        let Some(take) = self.admit(destination) else {
             return Ok(());
         };
         let in_flight = self.in_flight(destination);
@@ -242,6 +243,19 @@ impl Scheduler {
         due.map(drop)
     }
 
+    /// How long until the first open breaker lets a probe through ([`MAX_IDLE`] if none is
+    /// open).
+    fn until_a_breaker_reopens(&self) -> Duration {
+        let destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        destinations
+            .values()
+            .filter_map(|state| state.breaker.reopens_at())
+            .map(|at| at.saturating_duration_since(now))
+            .min()
+            .unwrap_or(MAX_IDLE)
+    }
+
     fn with_breaker(&self, destination: &str, act: impl FnOnce(&mut Breaker)) {
         let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(state) = destinations.get_mut(destination) {
@@ -260,8 +274,8 @@ impl Scheduler {
     }
 
     /// How many actions of `destination` may start now: its free slots, one probe, or none
-    /// while its breaker is open (then its due actions are deferred, not attempted).
-    fn admit(&self, destination: &str, now: Millis) -> Option<usize> {
+    /// while its breaker is open (then its due actions are held back in memory, their schedule untouched).
+    fn admit(&self, destination: &str) -> Option<usize> {
         let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
         let state = destinations
             .entry(destination.to_owned())
@@ -279,15 +293,9 @@ impl Scheduler {
         match state.breaker.admit(Instant::now()) {
             Admission::Go => Some(free),
             Admission::Probe => Some(1),
-            Admission::Wait { until } => {
-                let update = DeliveryUpdate::Deferred {
-                    destination: destination.to_owned(),
-                    until: at(now, until),
-                };
-                let intake = self.intake.clone();
-                tokio::spawn(async move { intake.record_deliveries(vec![update]).await });
-                None
-            }
+            // Held back in memory only: the actions keep their schedule, so a restart (which
+            // forgets the breaker) attempts them at once.
+            Admission::Wait { .. } => None,
         }
     }
 
@@ -317,21 +325,11 @@ impl Scheduler {
                 reason: "timed out".to_owned(),
                 after: None,
             });
-        let mut updates =
-            vec![self.update_for(&pending, verdict.clone(), at_start, started.elapsed())];
-        let change = self.record_on_breaker(&pending.destination, &verdict);
-        match change {
-            Change::Opened { until } => updates.push(DeliveryUpdate::Deferred {
-                destination: pending.destination.clone(),
-                until: at(Millis::now(), until),
-            }),
-            Change::Recovered => {
-                tracing::info!(destination = %pending.destination, "destination recovered");
-                updates.push(DeliveryUpdate::Recovered {
-                    destination: pending.destination.clone(),
-                });
-            }
-            Change::None => {}
+        let updates = vec![self.update_for(&pending, verdict.clone(), at_start, started.elapsed())];
+        if self.record_on_breaker(&pending.destination, &verdict) == Change::Recovered {
+            // The held actions are due already: the refill after this send takes them, each
+            // at its own due time.
+            tracing::info!(destination = %pending.destination, "destination recovered");
         }
         if let Err(error) = self.intake.record_deliveries(updates).await {
             tracing::error!(%error, action_id = %pending.id, "cannot record a delivery; it will be sent again");
@@ -457,12 +455,6 @@ async fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> st
     let temporary = dir.join(format!(".{name}.tmp"));
     tokio::fs::write(&temporary, bytes).await?;
     tokio::fs::rename(&temporary, dir.join(name)).await
-}
-
-/// The wall-clock time of a monotonic instant.
-fn at(now: Millis, instant: Instant) -> Millis {
-    let ahead = instant.saturating_duration_since(Instant::now());
-    Millis(now.0.saturating_add(ahead.as_millis() as i64))
 }
 
 /// The bounded label of a destination: the channel's name, `email`, `platform`, or `url` for

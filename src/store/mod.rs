@@ -237,11 +237,6 @@ pub enum DeliveryUpdate {
     /// An attempt that the destination may act on without answering is about to start; made
     /// durable first, so that a restart looks before it sends again.
     InFlight { id: String, at: Millis },
-    /// The destination's breaker is open: its pending actions wait until `until`, and the wait
-    /// does not count as an attempt.
-    Deferred { destination: String, until: Millis },
-    /// A probe got through: the destination's pending actions are due at once.
-    Recovered { destination: String },
 }
 
 /// One dead letter, for `dead list` (JSON keys are SPEC.md's).

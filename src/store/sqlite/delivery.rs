@@ -131,23 +131,6 @@ impl SqliteStore {
                     )
                     .map_err(database("marking an action in flight"))?;
                 }
-                DeliveryUpdate::Deferred { destination, until } => {
-                    execute_cached(
-                        transaction,
-                        "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1
-                         AND due_at < ?2",
-                        params![destination, until.0],
-                    )
-                    .map_err(database("deferring a destination"))?;
-                }
-                DeliveryUpdate::Recovered { destination } => {
-                    execute_cached(
-                        transaction,
-                        "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1",
-                        params![destination, now.0],
-                    )
-                    .map_err(database("releasing a destination"))?;
-                }
             }
         }
         Ok(raised)
