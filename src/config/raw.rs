@@ -275,6 +275,9 @@ pub(super) struct RawStore {
     pub rejected_max_count: u64,
     /// Longest prefix kept of one rejected body. Default 65536.
     pub rejected_max_bytes: usize,
+    /// How long a claimed event or action stays with a claimer that stopped. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 impl Default for RawStore {
@@ -285,6 +288,7 @@ impl Default for RawStore {
             retention: Duration::from_secs(30 * 24 * 3600),
             rejected_max_count: 10_000,
             rejected_max_bytes: 65536,
+            lease: Duration::from_secs(30),
         }
     }
 }

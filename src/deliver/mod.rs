@@ -1,12 +1,13 @@
 //! Delivery: actions queued by the scripts reach people, at least once.
 //!
 //! A scheduler on its own tokio runtime wakes when actions are queued (or at the earliest due
-//! time, at most a second later), and for each destination with due actions takes as many as
-//! its concurrency limit and circuit breaker allow. Each send is a task; its result is recorded
-//! through the store's writer (sent, retry at a time, or dead) before the action leaves the
-//! in-flight set, so an action is never sent twice by one process, and an action in flight at a
-//! crash is still `pending` and is sent again, with the same idempotency key, on restart.
-//! Destinations are independent: a slow or broken one holds only its own slots.
+//! time, at most a second later), and for each destination with due actions claims in the
+//! store as many as its concurrency limit and circuit breaker allow. Each send is a task; its
+//! result is recorded through the store's writer (sent, retry at a time, or dead), which ends
+//! the claim. A claim keeps every other claimer (another instance, or this one's next round)
+//! off the action until its lease ends, so an action whose claimer died is sent again, with
+//! the same idempotency key, by whoever claims it next. Destinations are independent: a slow
+//! or broken one holds only its own slots.
 
 mod breaker;
 mod email;
@@ -15,7 +16,7 @@ mod platform;
 mod retry;
 mod send;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use crate::config::{Config, DeliveryConfig};
 use crate::metrics::Metrics;
 use crate::model::Millis;
 use crate::platform::Platform;
-use crate::store::{Attempt, DeliveryUpdate, Intake, PendingAction, Store, StoreError};
+use crate::store::{Attempt, Claimer, DeliveryUpdate, Intake, PendingAction, Store, StoreError};
 use breaker::{Admission, Breaker, Change};
 pub use email::MailerError;
 use platform::PlatformSender;
@@ -64,13 +65,16 @@ struct Scheduler {
     queued: Arc<Notify>,
     backoff: Backoff,
     policy: DeliveryConfig,
+    /// The claims this instance's sends hold in the store.
+    claimer: Claimer,
     destinations: Mutex<HashMap<String, Destination>>,
 }
 
 /// What the scheduler knows of one destination.
 struct Destination {
     breaker: Breaker,
-    in_flight: HashSet<String>,
+    /// This instance's sends under way: its share of the destination's concurrency.
+    sending: usize,
 }
 
 impl Deliverer {
@@ -107,6 +111,7 @@ impl Deliverer {
             queued,
             backoff,
             policy,
+            claimer: Claimer::of_this_process("deliver"),
             destinations: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
@@ -225,14 +230,13 @@ impl Scheduler {
         let Some(take) = self.admit(destination) else {
             return Ok(());
         };
-        let in_flight = self.in_flight(destination);
-        let key = destination.to_owned();
+        let (key, by) = (destination.to_owned(), self.claimer.clone());
         let due = self
-            .blocking(move |store| store.due_actions(&key, now, take, &in_flight))
+            .blocking(move |store| store.claim_due_actions(&key, &by, take, now))
             .await;
         let mut started = 0;
         for pending in due.iter().flatten() {
-            self.mark_in_flight(destination, &pending.id);
+            self.with_destination(destination, |state| state.sending += 1);
             sends.spawn(Arc::clone(self).deliver(pending.clone()));
             started += 1;
         }
@@ -257,9 +261,13 @@ impl Scheduler {
     }
 
     fn with_breaker(&self, destination: &str, act: impl FnOnce(&mut Breaker)) {
+        self.with_destination(destination, |state| act(&mut state.breaker));
+    }
+
+    fn with_destination(&self, destination: &str, act: impl FnOnce(&mut Destination)) {
         let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(state) = destinations.get_mut(destination) {
-            act(&mut state.breaker);
+            act(state);
         }
     }
 
@@ -281,12 +289,12 @@ impl Scheduler {
             .entry(destination.to_owned())
             .or_insert_with(|| Destination {
                 breaker: Breaker::new(self.policy.breaker_failures, self.policy.breaker_cooldown),
-                in_flight: HashSet::new(),
+                sending: 0,
             });
         let free = self
             .policy
             .concurrency_per_destination
-            .saturating_sub(state.in_flight.len());
+            .saturating_sub(state.sending);
         if free == 0 {
             return None;
         }
@@ -296,21 +304,6 @@ impl Scheduler {
             // Held back in memory only: the actions keep their schedule, so a restart (which
             // forgets the breaker) attempts them at once.
             Admission::Wait { .. } => None,
-        }
-    }
-
-    fn in_flight(&self, destination: &str) -> HashSet<String> {
-        let destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        destinations
-            .get(destination)
-            .map(|state| state.in_flight.clone())
-            .unwrap_or_default()
-    }
-
-    fn mark_in_flight(&self, destination: &str, id: &str) {
-        let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(state) = destinations.get_mut(destination) {
-            state.in_flight.insert(id.to_owned());
         }
     }
 
@@ -335,10 +328,9 @@ impl Scheduler {
             tracing::error!(%error, action_id = %pending.id, "cannot record a delivery; it will be sent again");
         }
         self.metrics_for(&pending, &verdict);
-        let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(state) = destinations.get_mut(&pending.destination) {
-            state.in_flight.remove(&pending.id);
-        }
+        self.with_destination(&pending.destination, |state| {
+            state.sending = state.sending.saturating_sub(1);
+        });
         pending.destination
     }
 
@@ -376,10 +368,10 @@ impl Scheduler {
             outcome: outcome.to_owned(),
             error,
         };
-        let id = pending.id.clone();
+        let claim = pending.claim();
         match verdict {
             Verdict::Sent { result } => DeliveryUpdate::Sent {
-                id,
+                claim,
                 attempt: attempt("sent", None),
                 result,
             },
@@ -387,7 +379,7 @@ impl Scheduler {
                 let reason = format!("gave up after {number} attempts: {reason}");
                 tracing::error!(action_id = %pending.id, destination = %pending.destination, error = %reason, "action dead-lettered");
                 DeliveryUpdate::Dead {
-                    id,
+                    claim,
                     attempt: attempt("dead", Some(reason)),
                 }
             }
@@ -396,7 +388,7 @@ impl Scheduler {
                 tracing::warn!(action_id = %pending.id, destination = %pending.destination, error = %reason, retry_in_ms = wait.as_millis() as u64, "delivery failed, retrying");
                 let due_at = Millis(Millis::now().0.saturating_add(wait.as_millis() as i64));
                 DeliveryUpdate::Retry {
-                    id,
+                    claim,
                     attempt: attempt("retry", Some(reason)),
                     due_at,
                 }
@@ -404,14 +396,14 @@ impl Scheduler {
             Verdict::Skipped { reason } => {
                 tracing::info!(action_id = %pending.id, destination = %pending.destination, reason = %reason, "action skipped");
                 DeliveryUpdate::Skipped {
-                    id,
+                    claim,
                     attempt: attempt("skipped", Some(reason)),
                 }
             }
             Verdict::Dead { reason } | Verdict::Unsendable { reason } => {
                 tracing::error!(action_id = %pending.id, destination = %pending.destination, error = %reason, "action dead-lettered");
                 DeliveryUpdate::Dead {
-                    id,
+                    claim,
                     attempt: attempt("dead", Some(reason)),
                 }
             }

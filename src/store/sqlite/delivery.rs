@@ -1,8 +1,6 @@
 //! Delivery's reads and writes: due actions per destination, attempt records, dead letters and
 //! the `actionFailed` events they raise.
 
-use std::collections::HashSet;
-
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde_json::json;
 
@@ -12,7 +10,9 @@ use super::{SqliteStore, begin, database, execute_cached, query_row_cached};
 use crate::action::Action;
 use crate::model::{EventId, Millis};
 use crate::notification::canonical_hash;
-use crate::store::{Attempt, DeadLetter, DeliveryUpdate, PendingAction, StoreError};
+use crate::store::{
+    ActionClaim, Attempt, Claimer, DeadLetter, DeliveryUpdate, PendingAction, StoreError,
+};
 
 impl SqliteStore {
     pub(super) fn read_due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
@@ -23,36 +23,6 @@ impl SqliteStore {
             )
             .and_then(|mut statement| statement.query_map([now.0], |row| row.get(0))?.collect())
             .map_err(database("finding due destinations"))
-    }
-
-    /// Skipped rows are left out before their payloads are parsed: the rows being sent are
-    /// the longest due, so every refill reads them again.
-    pub(super) fn read_due_actions(
-        &self,
-        destination: &str,
-        now: Millis,
-        limit: usize,
-        skip: &HashSet<String>,
-    ) -> Result<Vec<PendingAction>, StoreError> {
-        let reader = self.reader();
-        let rows: Vec<PendingRow> = reader
-            .prepare_cached(
-                "SELECT id, event_id, destination, payload, idempotency_key, created_at, attempts,
-                 in_flight_at FROM actions WHERE status = 'pending' AND destination = ?1 AND due_at <= ?2
-                 ORDER BY due_at LIMIT ?3",
-            )
-            .and_then(|mut statement| {
-                let rows = limit + skip.len();
-                statement
-                    .query_map(params![destination, now.0, rows as i64], pending_row)?
-                    .collect()
-            })
-            .map_err(database("reading due actions"))?;
-        rows.into_iter()
-            .filter(|row| !skip.contains(&row.id))
-            .take(limit)
-            .map(PendingRow::into_action)
-            .collect()
     }
 
     /// Answered from the partial index on pending actions' due times.
@@ -88,46 +58,59 @@ impl SqliteStore {
         for update in updates {
             match update {
                 DeliveryUpdate::Sent {
-                    id,
+                    claim,
                     attempt,
                     result,
                 } => {
-                    execute_cached(
+                    let updated = execute_cached(
                         transaction,
                         "UPDATE actions SET status = 'sent', attempts = ?2, sent_at = ?3, result = ?4,
-                         last_error = NULL WHERE id = ?1",
-                        params![id, attempt.number, attempt.at.0, result],
+                         last_error = NULL, claimed_by = NULL, lease_until = NULL
+                         WHERE id = ?1 AND claimed_by = ?5",
+                        params![claim.id, attempt.number, attempt.at.0, result, claim.by.as_str()],
                     )
                     .map_err(database("recording a sent action"))?;
-                    insert_attempt(transaction, id, attempt)?;
+                    record_attempt_if_held(transaction, claim, updated, attempt)?;
                 }
                 DeliveryUpdate::Retry {
-                    id,
+                    claim,
                     attempt,
                     due_at,
                 } => {
-                    execute_cached(
+                    let updated = execute_cached(
                         transaction,
-                        "UPDATE actions SET attempts = ?2, due_at = ?3, last_error = ?4 WHERE id = ?1",
-                        params![id, attempt.number, due_at.0, attempt.error],
+                        "UPDATE actions SET attempts = ?2, due_at = ?3, last_error = ?4,
+                         claimed_by = NULL, lease_until = NULL WHERE id = ?1 AND claimed_by = ?5",
+                        params![
+                            claim.id,
+                            attempt.number,
+                            due_at.0,
+                            attempt.error,
+                            claim.by.as_str()
+                        ],
                     )
                     .map_err(database("scheduling a retry"))?;
-                    insert_attempt(transaction, id, attempt)?;
+                    record_attempt_if_held(transaction, claim, updated, attempt)?;
                 }
-                DeliveryUpdate::Dead { id, attempt } => {
-                    finish(transaction, id, "dead", attempt)?;
-                    give_budget_back(transaction, id)?;
-                    raised +=
-                        usize::from(self.raise_action_failed(transaction, id, attempt, now)?);
+                DeliveryUpdate::Dead { claim, attempt } => {
+                    if finish(transaction, claim, "dead", attempt)? {
+                        give_budget_back(transaction, &claim.id)?;
+                        raised += usize::from(self.raise_action_failed(
+                            transaction,
+                            &claim.id,
+                            attempt,
+                            now,
+                        )?);
+                    }
                 }
-                DeliveryUpdate::Skipped { id, attempt } => {
-                    finish(transaction, id, "skipped", attempt)?;
+                DeliveryUpdate::Skipped { claim, attempt } => {
+                    finish(transaction, claim, "skipped", attempt)?;
                 }
-                DeliveryUpdate::InFlight { id, at } => {
+                DeliveryUpdate::InFlight { claim, at } => {
                     execute_cached(
                         transaction,
-                        "UPDATE actions SET in_flight_at = ?2 WHERE id = ?1",
-                        params![id, at.0],
+                        "UPDATE actions SET in_flight_at = ?2 WHERE id = ?1 AND claimed_by = ?3",
+                        params![claim.id, at.0, claim.by.as_str()],
                     )
                     .map_err(database("marking an action in flight"))?;
                 }
@@ -270,20 +253,44 @@ impl SqliteStore {
     }
 }
 
-/// Ends an action without sending it: `dead` or `skipped`, with the attempt's error.
+/// Ends an action without sending it: `dead` or `skipped`, with the attempt's error. False
+/// when the claim no longer holds (nothing is recorded then).
 fn finish(
     transaction: &Transaction<'_>,
-    id: &str,
+    claim: &ActionClaim,
     status: &str,
     attempt: &Attempt,
-) -> Result<(), StoreError> {
-    execute_cached(
+) -> Result<bool, StoreError> {
+    let updated = execute_cached(
         transaction,
-        "UPDATE actions SET status = ?2, attempts = ?3, last_error = ?4 WHERE id = ?1",
-        params![id, status, attempt.number, attempt.error],
+        "UPDATE actions SET status = ?2, attempts = ?3, last_error = ?4, claimed_by = NULL,
+         lease_until = NULL WHERE id = ?1 AND claimed_by = ?5",
+        params![
+            claim.id,
+            status,
+            attempt.number,
+            attempt.error,
+            claim.by.as_str()
+        ],
     )
     .map_err(database("ending an action"))?;
-    insert_attempt(transaction, id, attempt)
+    record_attempt_if_held(transaction, claim, updated, attempt)?;
+    Ok(updated == 1)
+}
+
+/// Records `attempt` if the update before it found the claim (`updated` rows); a claimer
+/// whose lease ended and whose action another claimer took records nothing.
+fn record_attempt_if_held(
+    transaction: &Transaction<'_>,
+    claim: &ActionClaim,
+    updated: usize,
+    attempt: &Attempt,
+) -> Result<(), StoreError> {
+    if updated == 0 {
+        tracing::warn!(action_id = %claim.id, claimer = %claim.by, "a delivery result came after its claim ended; another claimer has the action");
+        return Ok(());
+    }
+    insert_attempt(transaction, &claim.id, attempt)
 }
 
 /// A dead platform task was never created, so its retry does not count against the device's
@@ -301,9 +308,13 @@ fn give_budget_back(transaction: &Transaction<'_>, id: &str) -> Result<(), Store
     Ok(())
 }
 
-/// A due action as read, before its payload is parsed.
-struct PendingRow {
-    id: String,
+/// The columns [`pending_row`] reads, in its order.
+pub(super) const PENDING_COLUMNS: &str = "id, event_id, destination, payload, idempotency_key,
+    created_at, attempts, in_flight_at, claimed_by";
+
+/// A claimed action as read, before its payload is parsed.
+pub(super) struct PendingRow {
+    pub(super) id: String,
     event_id: String,
     destination: String,
     payload: String,
@@ -311,9 +322,10 @@ struct PendingRow {
     created_at: i64,
     attempts: u32,
     in_flight_at: Option<i64>,
+    claimed_by: String,
 }
 
-fn pending_row(row: &Row<'_>) -> rusqlite::Result<PendingRow> {
+pub(super) fn pending_row(row: &Row<'_>) -> rusqlite::Result<PendingRow> {
     Ok(PendingRow {
         id: row.get(0)?,
         event_id: row.get(1)?,
@@ -323,16 +335,18 @@ fn pending_row(row: &Row<'_>) -> rusqlite::Result<PendingRow> {
         created_at: row.get(5)?,
         attempts: row.get(6)?,
         in_flight_at: row.get(7)?,
+        claimed_by: row.get(8)?,
     })
 }
 
 impl PendingRow {
-    fn into_action(self) -> Result<PendingAction, StoreError> {
+    pub(super) fn into_action(self) -> Result<PendingAction, StoreError> {
         let action: Action = serde_json::from_str(&self.payload).map_err(|e| {
             StoreError::Damaged(format!("action {} has an unreadable payload: {e}", self.id))
         })?;
         Ok(PendingAction {
             id: self.id,
+            claimed_by: Claimer::named(&self.claimed_by),
             event_id: self.event_id,
             destination: self.destination,
             action,

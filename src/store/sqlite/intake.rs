@@ -412,6 +412,7 @@ mod tests {
             plugins: Vec::new(),
             actions: Vec::new(),
             replayed_from: None,
+            claimed_by: None,
         };
         let changes = StateChanges::default();
         let written = store.write_group(&WriteGroup {
@@ -459,6 +460,7 @@ mod tests {
             plugins: Vec::new(),
             actions: Vec::new(),
             replayed_from: None,
+            claimed_by: None,
         };
         let outcomes = [handled(ids[0]), handled(ids[2])];
         store

@@ -3,34 +3,13 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::queries::{STORED_COLUMNS, StoredRow, stored_row};
 use super::{SqliteStore, database};
 use crate::action::Action;
 use crate::model::Millis;
 use crate::model::state::{StateChanges, StateError, StateView};
-use crate::store::{EventOutcome, OutcomeBatch, StoreError, StoredEvent};
+use crate::store::{EventOutcome, OutcomeBatch, StoreError};
 
 impl SqliteStore {
-    pub(super) fn read_pending(
-        &self,
-        after_seq: i64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let reader = self.reader();
-        let rows: Vec<StoredRow> = reader
-            .prepare_cached(&format!(
-                "SELECT {STORED_COLUMNS} FROM events WHERE status = 'pending' AND seq > ?1
-                 ORDER BY seq LIMIT ?2"
-            ))
-            .and_then(|mut statement| {
-                statement
-                    .query_map(params![after_seq, limit as i64], stored_row)?
-                    .collect()
-            })
-            .map_err(database("reading pending events"))?;
-        rows.into_iter().map(StoredRow::into_event).collect()
-    }
-
     /// Records a script batch within `transaction`: outcomes, their actions, state changes.
     pub(super) fn outcomes_in(
         &self,
@@ -58,13 +37,16 @@ fn record_event_outcome(
     let plugins = serde_json::to_string(&outcome.plugins).expect("plugin runs serialise");
     let seq = outcome.event_id.seq();
     let updated = match outcome.replayed_from {
+        // Only while the event is pending and its claim (if it was run under one) holds.
         None => transaction
             .prepare_cached(
-                "UPDATE events SET status = ?2, error = ?3, handled_at = ?4, plugins = ?5
-                 WHERE seq = ?1",
+                "UPDATE events SET status = ?2, error = ?3, handled_at = ?4, plugins = ?5,
+                 claimed_by = NULL, lease_until = NULL
+                 WHERE seq = ?1 AND status = 'pending' AND (?6 IS NULL OR claimed_by = ?6)",
             )
             .and_then(|mut statement| {
-                statement.execute(params![seq, outcome.status.as_str(), outcome.error, now.0, plugins])
+                let claim = outcome.claimed_by.as_ref().map(|by| by.as_str());
+                statement.execute(params![seq, outcome.status.as_str(), outcome.error, now.0, plugins, claim])
             }),
         Some(_) => transaction
             .prepare_cached(
@@ -74,8 +56,10 @@ fn record_event_outcome(
             )
             .and_then(|mut statement| statement.execute(params![seq, plugins])),
     };
-    updated.map_err(database("recording an event's outcome"))?;
-    Ok(())
+    match updated.map_err(database("recording an event's outcome"))? {
+        0 if outcome.replayed_from.is_none() => Err(StoreError::ClaimLost(outcome.event_id)),
+        _ => Ok(()),
+    }
 }
 
 fn insert_action(

@@ -101,6 +101,12 @@ const MIGRATIONS: &[&str] = &[
     // idempotency key, so an action with this set is looked for at the platform before it is
     // created again.
     "ALTER TABLE actions ADD COLUMN in_flight_at INTEGER;",
+    // 5: claims. A pending event or action may be held by one claimer until its lease ends;
+    // only pending rows carry a claim, so releasing them all goes through the partial indexes.
+    "ALTER TABLE events ADD COLUMN claimed_by TEXT;
+    ALTER TABLE events ADD COLUMN lease_until INTEGER;
+    ALTER TABLE actions ADD COLUMN claimed_by TEXT;
+    ALTER TABLE actions ADD COLUMN lease_until INTEGER;",
 ];
 
 /// Brings the schema up to date.
