@@ -139,6 +139,11 @@ impl Worker {
                         .action(kind, crate::deliver::channel_label(destination), "queued");
                 }
             }
+            // Its events are still claimed by this worker: the next claim takes them again,
+            // and they run on the state as it is now.
+            Err(IntakeError::Store(error)) if matches!(*error, StoreError::StateConflict) => {
+                tracing::debug!(%error, "a script batch read state that changed; running it again");
+            }
             Err(IntakeError::Store(error)) if matches!(*error, StoreError::ClaimLost(_)) => {
                 tracing::warn!(%error, "a script batch lost its claim; its events run elsewhere");
             }

@@ -14,7 +14,7 @@ mod wakeup;
 use serde::Serialize;
 
 use crate::action::Action;
-use crate::model::state::{StateChanges, StateView};
+use crate::model::state::{StateChanges, StateError, StateView};
 use crate::model::{EventId, EventStatus, Millis};
 use crate::notification::Problem;
 
@@ -52,6 +52,12 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("a store read panicked; this is a bug: report it with the log lines above")]
     ReadPanicked,
+    #[error(
+        "script state that a batch read was changed by another claimer before it committed; the batch runs again"
+    )]
+    StateConflict,
+    #[error("cannot read script state to check a batch: {0}")]
+    StateUnreadable(String),
     #[error(
         "event {0} was claimed by another claimer (this one's lease ended); it runs there, and this run is dropped"
     )]
@@ -447,4 +453,19 @@ pub fn write_separately<S: Store + ?Sized>(store: &S, group: &WriteGroup<'_>) ->
         outcomes,
         deliveries,
     }
+}
+
+/// Refuses a batch whose run read committed state that `now` (the state inside the commit's
+/// transaction, with the group's earlier batches applied) no longer holds: another claimer
+/// changed it, so the run's decisions may be wrong, and it must run again.
+pub fn check_reads(changes: &StateChanges, now: &dyn StateView) -> Result<(), StoreError> {
+    for (key, read) in &changes.reads {
+        let current = key
+            .read(now)
+            .map_err(|StateError(reason)| StoreError::StateUnreadable(reason))?;
+        if current != *read {
+            return Err(StoreError::StateConflict);
+        }
+    }
+    Ok(())
 }

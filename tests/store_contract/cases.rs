@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 
 use notirouter::action::{Action, ActionSpec, Chat};
-use notirouter::model::state::StateChanges;
+use notirouter::model::state::{Effective, StateChanges, StateView};
 use notirouter::model::{EventId, EventStatus, Millis};
 use notirouter::notification::canonical_hash;
 use notirouter::store::{
-    Appended, Attempt, Claimer, DeliveryUpdate, EventOutcome, NewEvent, Store, StoredEvent,
+    Appended, Attempt, Claimer, DeliveryUpdate, EventOutcome, NewEvent, Store, StoreError,
+    StoredEvent,
 };
 use serde_json::json;
 
@@ -302,4 +303,58 @@ pub fn a_result_ends_the_claim_and_a_retry_is_claimable_when_due(backend: Backen
         .claim_due_actions("channel:ops", &other, 10, later(3_000))
         .unwrap();
     assert_eq!((again.len(), again[0].attempts), (1, 1));
+}
+
+/// Runs `seen("first failure", 1h)` against the committed state, as a plugin would.
+fn seen_first_failure(store: &dyn Store, changes: &mut StateChanges) -> bool {
+    let committed: &dyn StateView = store;
+    let mut state = Effective {
+        committed,
+        changes,
+        now: T0,
+    };
+    state
+        .seen("first failure", std::time::Duration::from_secs(3600))
+        .unwrap()
+}
+
+pub fn a_batch_whose_state_changed_since_it_was_read_is_refused(backend: Backend) {
+    let store = backend.store;
+    append(&*store, &[notification("a", 1), notification("b", 1)]);
+    let (a, b) = (Claimer::named("a"), Claimer::named("b"));
+    let first = store.claim_events(&a, 1, T0).unwrap();
+    let second = store.claim_events(&b, 1, T0).unwrap();
+    let (mut first_changes, mut second_changes) =
+        (StateChanges::default(), StateChanges::default());
+    assert!(!seen_first_failure(&*store, &mut first_changes));
+    assert!(
+        !seen_first_failure(&*store, &mut second_changes),
+        "both read it unseen"
+    );
+    store
+        .record_outcomes(
+            &[handled(&first[0], &a, vec![chat("first")])],
+            &first_changes,
+            T0,
+        )
+        .unwrap();
+    let refused = store.record_outcomes(
+        &[handled(&second[0], &b, vec![chat("also first")])],
+        &second_changes,
+        T0,
+    );
+    assert!(
+        matches!(refused, Err(StoreError::StateConflict)),
+        "{refused:?}"
+    );
+    // Run again on the state as it is now, it sees the key and queues nothing.
+    let mut again = StateChanges::default();
+    assert!(seen_first_failure(&*store, &mut again));
+    let retaken = store.claim_events(&b, 1, T0).unwrap();
+    assert_eq!(ids(&retaken), ids(&second));
+    store
+        .record_outcomes(&[handled(&retaken[0], &b, Vec::new())], &again, T0)
+        .unwrap();
+    let queued = store.event(second[0].id).unwrap().unwrap().actions;
+    assert!(queued.is_empty(), "{queued:?}");
 }

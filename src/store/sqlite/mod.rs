@@ -299,7 +299,13 @@ impl Store for SqliteStore {
     /// failure fails only it.
     fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
         write_together(self, group).unwrap_or_else(|error| {
-            tracing::warn!(%error, "a write group failed; storing its parts one by one");
+            // A batch that read changed state is refused by design: not worth a warning.
+            match error {
+                StoreError::StateConflict => {
+                    tracing::debug!(%error, "a write group failed; storing its parts one by one")
+                }
+                _ => tracing::warn!(%error, "a write group failed; storing its parts one by one"),
+            }
             write_separately(self, group)
         })
     }

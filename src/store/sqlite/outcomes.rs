@@ -1,13 +1,13 @@
 //! What the script stage reads and writes: pending events, committed script state, and the
 //! outcome transaction (event status, plugin runs, actions, state changes) that must be atomic.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{SqliteStore, database};
 use crate::action::Action;
 use crate::model::Millis;
 use crate::model::state::{StateChanges, StateError, StateView};
-use crate::store::{EventOutcome, OutcomeBatch, StoreError};
+use crate::store::{EventOutcome, OutcomeBatch, StoreError, check_reads};
 
 impl SqliteStore {
     /// Records a script batch within `transaction`: outcomes, their actions, state changes.
@@ -17,6 +17,7 @@ impl SqliteStore {
         batch: &OutcomeBatch<'_>,
         now: Millis,
     ) -> Result<(), StoreError> {
+        check_reads(batch.changes, &InTransaction(transaction))?;
         for outcome in batch.outcomes {
             record_event_outcome(transaction, outcome, now)?;
             for action in &outcome.actions {
@@ -154,25 +155,11 @@ fn state_error(error: rusqlite::Error) -> StateError {
 
 impl StateView for SqliteStore {
     fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
-        let reader = self.reader();
-        let mut statement = reader
-            .prepare_cached("SELECT recorded_at FROM seen WHERE key = ?1")
-            .map_err(state_error)?;
-        statement
-            .query_row([key], |row| Ok(Millis(row.get(0)?)))
-            .optional()
-            .map_err(state_error)
+        seen_at(&self.reader(), key)
     }
 
     fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
-        let reader = self.reader();
-        let mut statement = reader
-            .prepare_cached("SELECT value, window_start FROM counters WHERE key = ?1")
-            .map_err(state_error)?;
-        statement
-            .query_row([key], |row| Ok((row.get(0)?, Millis(row.get(1)?))))
-            .optional()
-            .map_err(state_error)
+        counter(&self.reader(), key)
     }
 
     fn budget(
@@ -180,17 +167,68 @@ impl StateView for SqliteStore {
         device_id: &str,
         target_version: &str,
     ) -> Result<Option<(i64, Millis)>, StateError> {
-        let reader = self.reader();
-        let mut statement = reader
-            .prepare_cached(
-                "SELECT retries, window_start FROM upgrade_budget WHERE device_id = ?1 AND target_version = ?2",
-            )
-            .map_err(state_error)?;
-        statement
-            .query_row([device_id, target_version], |row| {
-                Ok((row.get(0)?, Millis(row.get(1)?)))
-            })
-            .optional()
-            .map_err(state_error)
+        budget(&self.reader(), device_id, target_version)
     }
+}
+
+/// Committed state as a write transaction sees it, for the commit's check of a batch's reads.
+struct InTransaction<'a>(&'a Transaction<'a>);
+
+impl StateView for InTransaction<'_> {
+    fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
+        seen_at(self.0, key)
+    }
+
+    fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
+        counter(self.0, key)
+    }
+
+    fn budget(
+        &self,
+        device_id: &str,
+        target_version: &str,
+    ) -> Result<Option<(i64, Millis)>, StateError> {
+        budget(self.0, device_id, target_version)
+    }
+}
+
+fn seen_at(connection: &Connection, key: &str) -> Result<Option<Millis>, StateError> {
+    connection
+        .prepare_cached("SELECT recorded_at FROM seen WHERE key = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row([key], |row| Ok(Millis(row.get(0)?)))
+                .optional()
+        })
+        .map_err(state_error)
+}
+
+fn counter(connection: &Connection, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
+    connection
+        .prepare_cached("SELECT value, window_start FROM counters WHERE key = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row([key], |row| Ok((row.get(0)?, Millis(row.get(1)?))))
+                .optional()
+        })
+        .map_err(state_error)
+}
+
+fn budget(
+    connection: &Connection,
+    device_id: &str,
+    target_version: &str,
+) -> Result<Option<(i64, Millis)>, StateError> {
+    connection
+        .prepare_cached(
+            "SELECT retries, window_start FROM upgrade_budget WHERE device_id = ?1 AND target_version = ?2",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row([device_id, target_version], |row| {
+                    Ok((row.get(0)?, Millis(row.get(1)?)))
+                })
+                .optional()
+        })
+        .map_err(state_error)
 }
