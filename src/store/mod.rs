@@ -8,6 +8,7 @@
 mod claim;
 mod intake;
 mod open;
+pub mod rules;
 pub mod sqlite;
 mod wakeup;
 
@@ -37,10 +38,11 @@ pub enum StoreError {
         "the store was written by a newer notirouter (schema {found}, this one knows {known}); upgrade notirouter"
     )]
     NewerSchema { found: i64, known: i64 },
+    /// The backend's own error, kept as its message and source: no backend's types leak out.
     #[error("store {context}: {source}")]
     Database {
         context: &'static str,
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("stored data is damaged ({0}); restore the store from a backup")]
     Damaged(String),

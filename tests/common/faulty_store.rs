@@ -64,7 +64,7 @@ impl FaultyStore {
         let source = rusqlite::Error::SqliteFailure(full, Some("database or disk is full".into()));
         Err(StoreError::Database {
             context: "committing",
-            source,
+            source: Box::new(source),
         })
     }
 }

@@ -2,14 +2,13 @@
 //! the `actionFailed` events they raise.
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use serde_json::json;
 
 use super::dedup::hash64;
 use super::intake::next_seq;
 use super::{SqliteStore, begin, database, execute_cached, query_row_cached};
 use crate::action::Action;
 use crate::model::{EventId, Millis};
-use crate::notification::canonical_hash;
+use crate::store::rules::{self, InternalEvent};
 use crate::store::{
     ActionClaim, Attempt, Claimer, DeadLetter, DeliveryUpdate, PendingAction, StoreError,
 };
@@ -94,13 +93,8 @@ impl SqliteStore {
                 }
                 DeliveryUpdate::Dead { claim, attempt } => {
                     if finish(transaction, claim, "dead", attempt)? {
-                        give_budget_back(transaction, &claim.id)?;
-                        raised += usize::from(self.raise_action_failed(
-                            transaction,
-                            &claim.id,
-                            attempt,
-                            now,
-                        )?);
+                        raised +=
+                            usize::from(self.after_death(transaction, &claim.id, attempt, now)?);
                     }
                 }
                 DeliveryUpdate::Skipped { claim, attempt } => {
@@ -119,9 +113,9 @@ impl SqliteStore {
         Ok(raised)
     }
 
-    /// Stores `{"notifyType":"actionFailed", ...}` for the scripts, unless the action was itself
-    /// queued while handling one (which would loop).
-    fn raise_action_failed(
+    /// Applies [`rules`] to a dead action: its budget unit back, and its `actionFailed` event.
+    /// Returns whether an event was raised.
+    fn after_death(
         &self,
         transaction: &Transaction<'_>,
         id: &str,
@@ -139,46 +133,33 @@ impl SqliteStore {
         let Some((event_id, payload)) = found else {
             return Ok(false);
         };
-        let event: EventId = event_id.parse().map_err(StoreError::Damaged)?;
+        let event_id: EventId = event_id.parse().map_err(StoreError::Damaged)?;
+        // By `seq`, the events' key: there is no index on the id.
         let source: Option<String> = transaction
             .query_row(
                 "SELECT source FROM events WHERE seq = ?1",
-                [event.seq()],
+                [event_id.seq()],
                 |row| row.get(0),
             )
             .optional()
             .map_err(database("reading a dead action's event"))?;
-        if source.as_deref() != Some("http") {
-            return Ok(false);
+        let action: Action = serde_json::from_str(&payload).map_err(|e| {
+            StoreError::Damaged(format!("action {id} has an unreadable payload: {e}"))
+        })?;
+        if let Some((device_id, target_version)) = rules::budget_taken(&action) {
+            give_budget_back(transaction, device_id, target_version)?;
         }
-        let action: serde_json::Value =
-            serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
-        let body = json!({
-            "notifyType": "actionFailed",
-            "action": action,
-            "error": attempt.error,
-            "attempts": attempt.number,
-            "eventId": event_id,
-            "actionId": id,
-        });
-        let bytes = serde_json::to_vec(&body).expect("a JSON value serialises");
-        let hash = canonical_hash(&body);
-        let seq = next_seq(transaction)?;
-        transaction
-            .execute(
-                "INSERT INTO events (seq, id, received_at, path, remote_addr, notify_type, device_id,
-                 body, body_hash, hash64, warnings, source)
-                 VALUES (?1, ?2, ?3, '', NULL, 'actionFailed', NULL, ?4, ?5, ?6, '[]', 'internal')",
-                params![
-                    seq,
-                    EventId::from_parts(now, seq).to_string(),
-                    now.0,
-                    bytes,
-                    &hash[..],
-                    hash64(&hash)
-                ],
-            )
-            .map_err(database("raising actionFailed"))?;
+        let dead = rules::DeadAction {
+            id,
+            event_id,
+            action: &action,
+            // No event (pruned by hand?) tells nothing of its source: raise nothing.
+            event_source: source.as_deref().unwrap_or("internal"),
+        };
+        let Some(raised) = rules::action_failed(&dead, attempt, now) else {
+            return Ok(false);
+        };
+        insert_internal(transaction, &raised)?;
         Ok(true)
     }
 
@@ -210,20 +191,33 @@ impl SqliteStore {
     pub(super) fn write_requeue(&self, id: Option<&str>) -> Result<usize, StoreError> {
         let mut writer = self.writer();
         let transaction = begin(&mut writer)?;
-        // A dead platform task gave its budget unit back; queued again, it takes it again
-        // (the operator's explicit retry may exceed the budget).
-        transaction
-            .execute(
-                "WITH requeued AS (
-                    SELECT json_extract(payload, '$.device_id') AS device,
-                           json_extract(payload, '$.target_version') AS version
-                    FROM actions WHERE status = 'dead' AND kind = 'platform' AND (?1 IS NULL OR id = ?1))
-                 UPDATE upgrade_budget SET retries = retries + (SELECT count(*) FROM requeued
-                    WHERE device = upgrade_budget.device_id AND version = upgrade_budget.target_version)
-                 WHERE (device_id, target_version) IN (SELECT device, version FROM requeued)",
-                params![id],
+        // A dead platform task gave its budget unit back; queued again, it takes it again.
+        let payloads: Vec<String> = transaction
+            .prepare(
+                "SELECT payload FROM actions WHERE status = 'dead' AND (?1 IS NULL OR id = ?1)",
             )
-            .map_err(database("taking the upgrade budget back for re-queued tasks"))?;
+            .and_then(|mut statement| {
+                statement
+                    .query_map(params![id], |row| row.get(0))?
+                    .collect()
+            })
+            .map_err(database("reading the dead letters to re-queue"))?;
+        for payload in payloads {
+            let action: Action = serde_json::from_str(&payload).map_err(|e| {
+                StoreError::Damaged(format!("a dead letter has an unreadable payload: {e}"))
+            })?;
+            if let Some((device_id, target_version)) = rules::budget_taken(&action) {
+                transaction
+                    .execute(
+                        "UPDATE upgrade_budget SET retries = retries + 1
+                         WHERE device_id = ?1 AND target_version = ?2",
+                        [device_id, target_version],
+                    )
+                    .map_err(database(
+                        "taking the upgrade budget back for a re-queued task",
+                    ))?;
+            }
+        }
         let requeued = transaction
             .execute(
                 "UPDATE actions SET status = 'pending', attempts = 0, due_at = ?2
@@ -295,16 +289,40 @@ fn record_attempt_if_held(
 
 /// A dead platform task was never created, so its retry does not count against the device's
 /// budget (never below zero, should the window have restarted meanwhile).
-fn give_budget_back(transaction: &Transaction<'_>, id: &str) -> Result<(), StoreError> {
+fn give_budget_back(
+    transaction: &Transaction<'_>,
+    device_id: &str,
+    target_version: &str,
+) -> Result<(), StoreError> {
+    execute_cached(
+        transaction,
+        "UPDATE upgrade_budget SET retries = max(retries - 1, 0)
+         WHERE device_id = ?1 AND target_version = ?2",
+        [device_id, target_version],
+    )
+    .map_err(database("giving a retry back to the upgrade budget"))?;
+    Ok(())
+}
+
+/// Stores an event the store raised itself.
+fn insert_internal(transaction: &Transaction<'_>, event: &InternalEvent) -> Result<(), StoreError> {
+    let seq = next_seq(transaction)?;
     transaction
         .execute(
-            "UPDATE upgrade_budget SET retries = max(retries - 1, 0)
-             WHERE (device_id, target_version) IN (
-                SELECT json_extract(payload, '$.device_id'), json_extract(payload, '$.target_version')
-                FROM actions WHERE id = ?1 AND kind = 'platform')",
-            [id],
+            "INSERT INTO events (seq, id, received_at, path, remote_addr, notify_type, device_id,
+             body, body_hash, hash64, warnings, source)
+             VALUES (?1, ?2, ?3, '', NULL, ?4, NULL, ?5, ?6, ?7, '[]', 'internal')",
+            params![
+                seq,
+                EventId::from_parts(event.received_at, seq).to_string(),
+                event.received_at.0,
+                event.notify_type,
+                event.body,
+                &event.hash[..],
+                hash64(&event.hash)
+            ],
         )
-        .map_err(database("giving a retry back to the upgrade budget"))?;
+        .map_err(database("raising an internal event"))?;
     Ok(())
 }
 

@@ -54,7 +54,10 @@ pub struct SqliteStore {
 }
 
 fn database(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Database { context, source }
+    move |source| StoreError::Database {
+        context,
+        source: Box::new(source),
+    }
 }
 
 /// A poisoned lock is safe to reuse here: a panic while holding it leaves SQLite consistent,

@@ -4,6 +4,7 @@
 
 use rusqlite::Connection;
 
+use super::database;
 use crate::store::StoreError;
 
 /// Each entry upgrades the schema by one version; append, never edit.
@@ -111,7 +112,6 @@ const MIGRATIONS: &[&str] = &[
 
 /// Brings the schema up to date.
 pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
-    let database = |context| move |source| StoreError::Database { context, source };
     let known = MIGRATIONS.len() as i64;
     let found: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
