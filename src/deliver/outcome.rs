@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::retry::{Backoff, Verdict};
 use crate::model::Millis;
-use crate::store::{Attempt, DeliveryUpdate, PendingAction};
+use crate::store::{Attempt, AttemptOutcome, DeliveryUpdate, PendingAction};
 
 pub struct Outcomes {
     pub backoff: Backoff,
@@ -23,18 +23,18 @@ impl Outcomes {
         now: Millis,
     ) -> DeliveryUpdate {
         let number = pending.attempts + 1;
-        let attempt = |outcome: &str, error: Option<String>| Attempt {
+        let attempt = |outcome, error: Option<String>| Attempt {
             number,
             at,
             duration_ms: took.as_millis() as u64,
-            outcome: outcome.to_owned(),
+            outcome,
             error,
         };
         let claim = pending.claim();
         match verdict {
             Verdict::Sent { result } => DeliveryUpdate::Sent {
                 claim,
-                attempt: attempt("sent", None),
+                attempt: attempt(AttemptOutcome::Sent, None),
                 result,
             },
             Verdict::Retry { reason, .. } if number >= self.max_attempts => {
@@ -42,7 +42,7 @@ impl Outcomes {
                 tracing::error!(action_id = %pending.id, destination = %pending.destination, error = %reason, "action dead-lettered");
                 DeliveryUpdate::Dead {
                     claim,
-                    attempt: attempt("dead", Some(reason)),
+                    attempt: attempt(AttemptOutcome::Dead, Some(reason)),
                 }
             }
             Verdict::Retry { reason, after } => {
@@ -51,7 +51,7 @@ impl Outcomes {
                 let due_at = Millis(now.0.saturating_add(wait.as_millis() as i64));
                 DeliveryUpdate::Retry {
                     claim,
-                    attempt: attempt("retry", Some(reason)),
+                    attempt: attempt(AttemptOutcome::Retry, Some(reason)),
                     due_at,
                 }
             }
@@ -59,14 +59,14 @@ impl Outcomes {
                 tracing::info!(action_id = %pending.id, destination = %pending.destination, reason = %reason, "action skipped");
                 DeliveryUpdate::Skipped {
                     claim,
-                    attempt: attempt("skipped", Some(reason)),
+                    attempt: attempt(AttemptOutcome::Skipped, Some(reason)),
                 }
             }
             Verdict::Dead { reason } | Verdict::Unsendable { reason } => {
                 tracing::error!(action_id = %pending.id, destination = %pending.destination, error = %reason, "action dead-lettered");
                 DeliveryUpdate::Dead {
                     claim,
-                    attempt: attempt("dead", Some(reason)),
+                    attempt: attempt(AttemptOutcome::Dead, Some(reason)),
                 }
             }
         }
@@ -162,7 +162,7 @@ mod tests {
         let DeliveryUpdate::Dead { attempt, .. } = update else {
             panic!("{update:?}");
         };
-        assert_eq!(attempt.outcome, "dead");
+        assert_eq!(attempt.outcome, AttemptOutcome::Dead);
         assert_eq!(
             attempt.error.as_deref(),
             Some("gave up after 3 attempts: HTTP 429")

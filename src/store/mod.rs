@@ -237,9 +237,45 @@ pub struct Attempt {
     pub number: u32,
     pub at: Millis,
     pub duration_ms: u64,
-    /// `sent`, `retry`, `skipped` or `dead`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub error: Option<String>,
+}
+
+/// What became of one attempt; stored and shown as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Sent,
+    Retry,
+    Skipped,
+    Dead,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Sent => "sent",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Skipped => "skipped",
+            AttemptOutcome::Dead => "dead",
+        }
+    }
+}
+
+impl std::str::FromStr for AttemptOutcome {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            AttemptOutcome::Sent,
+            AttemptOutcome::Retry,
+            AttemptOutcome::Skipped,
+            AttemptOutcome::Dead,
+        ]
+        .into_iter()
+        .find(|outcome| outcome.as_str() == text)
+        .ok_or_else(|| format!("unknown attempt outcome {text:?}"))
+    }
 }
 
 /// What delivery learned, recorded by the store in one transaction per batch. Each update

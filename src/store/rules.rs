@@ -73,7 +73,7 @@ mod tests {
             number: 3,
             at: Millis(1),
             duration_ms: 2,
-            outcome: "dead".to_owned(),
+            outcome: crate::store::AttemptOutcome::Dead,
             error: Some("HTTP 400".to_owned()),
         }
     }

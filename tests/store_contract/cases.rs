@@ -10,8 +10,8 @@ use notirouter::model::state::{Effective, StateChanges, StateView};
 use notirouter::model::{EventId, EventStatus, Millis};
 use notirouter::notification::canonical_hash;
 use notirouter::store::{
-    Appended, Attempt, Claimer, DeliveryUpdate, EventOutcome, NewEvent, Store, StoreError,
-    StoredEvent,
+    Appended, Attempt, AttemptOutcome, Claimer, DeliveryUpdate, EventOutcome, NewEvent, Store,
+    StoreError, StoredEvent,
 };
 use serde_json::json;
 
@@ -200,7 +200,7 @@ fn sent(number: u32, at: Millis) -> Attempt {
         number,
         at,
         duration_ms: 1,
-        outcome: "sent".to_owned(),
+        outcome: AttemptOutcome::Sent,
         error: None,
     }
 }
@@ -284,7 +284,7 @@ pub fn a_result_ends_the_claim_and_a_retry_is_claimable_when_due(backend: Backen
     let retry = DeliveryUpdate::Retry {
         claim: taken[0].claim(),
         attempt: Attempt {
-            outcome: "retry".to_owned(),
+            outcome: AttemptOutcome::Retry,
             error: Some("503".to_owned()),
             ..sent(1, T0)
         },

@@ -392,7 +392,7 @@ fn insert_attempt(
                 attempt.number,
                 attempt.at.0,
                 attempt.duration_ms as i64,
-                attempt.outcome,
+                attempt.outcome.as_str(),
                 attempt.error
             ])
         })
@@ -417,7 +417,13 @@ pub(super) fn attempts_of(
                         number: row.get(0)?,
                         at: Millis(row.get(1)?),
                         duration_ms: row.get::<_, i64>(2)? as u64,
-                        outcome: row.get(3)?,
+                        outcome: row.get::<_, String>(3)?.parse().map_err(|e: String| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                3,
+                                rusqlite::types::Type::Text,
+                                e.into(),
+                            )
+                        })?,
                         error: row.get(4)?,
                     })
                 })?
