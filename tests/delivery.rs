@@ -1107,8 +1107,8 @@ fn on_notification(n, meta) {
 // Durability
 // ---------------------------------------------------------------------------------------------
 
-/// The number of actions in each status, read from the store.
-fn action_statuses(server: &TestServer) -> HashMap<String, i64> {
+/// The server's store, opened read-only beside it.
+fn read_store(server: &TestServer) -> rusqlite::Connection {
     let connection = rusqlite::Connection::open_with_flags(
         server.store_path(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -1117,6 +1117,12 @@ fn action_statuses(server: &TestServer) -> HashMap<String, i64> {
     connection
         .busy_timeout(Duration::from_secs(10))
         .expect("a busy timeout can be set");
+    connection
+}
+
+/// The number of actions in each status, read from the store.
+fn action_statuses(server: &TestServer) -> HashMap<String, i64> {
+    let connection = read_store(server);
     let mut statement = connection
         .prepare("SELECT status, count(*) FROM actions GROUP BY status")
         .expect("the actions table has a status");
@@ -1312,15 +1318,7 @@ fn on_notification(n, meta) {
 
 /// The attempts recorded in the store, over all actions.
 fn attempts_recorded(server: &TestServer) -> i64 {
-    let connection = rusqlite::Connection::open_with_flags(
-        server.store_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("the store opens read-only");
-    connection
-        .busy_timeout(Duration::from_secs(10))
-        .expect("a busy timeout can be set");
-    connection
+    read_store(server)
         .query_row("SELECT count(*) FROM action_attempts", [], |row| row.get(0))
         .expect("the attempts can be counted")
 }
