@@ -300,8 +300,8 @@ pub(super) struct RawScripts {
     pub dir: PathBuf,
     /// Reload plugins when their files change. Default true.
     pub hot_reload: bool,
-    /// Script threads. One handles tens of thousands of events a second; more shard events by
-    /// `deviceId`. Default 1.
+    /// Script threads. One handles tens of thousands of events a second; more claim events in
+    /// the store, each device's in order. Default 1.
     pub workers: usize,
     /// Operations one plugin run may take; stops runaway loops. Default 1000000.
     pub max_operations: u64,
