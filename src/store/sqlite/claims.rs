@@ -8,7 +8,7 @@ use rusqlite::{Transaction, params};
 
 use super::delivery::{PENDING_COLUMNS, pending_row};
 use super::queries::{STORED_COLUMNS, stored_row};
-use super::{SqliteStore, begin, database};
+use super::{SqliteStore, begin, database, execute_cached};
 use crate::model::Millis;
 use crate::store::{Claimer, PendingAction, StoreError, StoredEvent};
 
@@ -27,8 +27,10 @@ impl SqliteStore {
         self.claim_write(|transaction| {
             let window: Vec<WindowRow> = transaction
                 .prepare_cached(
-                    "SELECT seq, device_id, claimed_by, lease_until FROM events
-                     WHERE status = 'pending' ORDER BY seq LIMIT ?1",
+                    "SELECT events.seq, events.device_id, event_claims.claimed_by,
+                     event_claims.lease_until FROM events
+                     LEFT JOIN event_claims ON event_claims.seq = events.seq
+                     WHERE events.status = 'pending' ORDER BY events.seq LIMIT ?1",
                 )
                 .and_then(|mut statement| {
                     let rows = limit.saturating_mul(WINDOW_PER_EVENT) as i64;
@@ -46,15 +48,20 @@ impl SqliteStore {
                 .map_err(database("finding events to claim"))?;
             let mut claimed = Vec::new();
             for seq in claimable(&window, by.as_str(), now, limit) {
+                execute_cached(
+                    transaction,
+                    "INSERT INTO event_claims (seq, claimed_by, lease_until) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (seq) DO UPDATE SET claimed_by = excluded.claimed_by,
+                     lease_until = excluded.lease_until",
+                    params![seq, by.as_str(), lease_until],
+                )
+                .map_err(database("claiming an event"))?;
                 let row = transaction
                     .prepare_cached(&format!(
-                        "UPDATE events SET claimed_by = ?2, lease_until = ?3 WHERE seq = ?1
-                         RETURNING {STORED_COLUMNS}"
+                        "SELECT {STORED_COLUMNS} FROM events WHERE seq = ?1"
                     ))
-                    .and_then(|mut statement| {
-                        statement.query_row(params![seq, by.as_str(), lease_until], stored_row)
-                    })
-                    .map_err(database("claiming an event"))?;
+                    .and_then(|mut statement| statement.query_row([seq], stored_row))
+                    .map_err(database("reading a claimed event"))?;
                 claimed.push(row.into_event()?);
             }
             Ok(claimed)
@@ -99,8 +106,7 @@ impl SqliteStore {
         let mut writer = self.writer();
         let transaction = begin(&mut writer)?;
         for sql in [
-            "UPDATE events SET claimed_by = NULL, lease_until = NULL
-             WHERE status = 'pending' AND claimed_by IS NOT NULL",
+            "DELETE FROM event_claims",
             "UPDATE actions SET claimed_by = NULL, lease_until = NULL
              WHERE status = 'pending' AND claimed_by IS NOT NULL",
         ] {

@@ -39,16 +39,17 @@ fn record_event_outcome(
     let seq = outcome.event_id.seq();
     let updated = match outcome.replayed_from {
         // Only while the event is pending and its claim (if it was run under one) holds.
-        None => transaction
-            .prepare_cached(
-                "UPDATE events SET status = ?2, error = ?3, handled_at = ?4, plugins = ?5,
-                 claimed_by = NULL, lease_until = NULL
-                 WHERE seq = ?1 AND status = 'pending' AND (?6 IS NULL OR claimed_by = ?6)",
-            )
-            .and_then(|mut statement| {
-                let claim = outcome.claimed_by.as_ref().map(|by| by.as_str());
-                statement.execute(params![seq, outcome.status.as_str(), outcome.error, now.0, plugins, claim])
-            }),
+        None => release_claim(transaction, seq, outcome).and_then(|held| match held {
+            false => Ok(0),
+            true => transaction
+                .prepare_cached(
+                    "UPDATE events SET status = ?2, error = ?3, handled_at = ?4, plugins = ?5
+                     WHERE seq = ?1 AND status = 'pending'",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![seq, outcome.status.as_str(), outcome.error, now.0, plugins])
+                }),
+        }),
         Some(_) => transaction
             .prepare_cached(
                 "UPDATE events SET plugins = (SELECT json_group_array(json(value)) FROM
@@ -61,6 +62,21 @@ fn record_event_outcome(
         0 if outcome.replayed_from.is_none() => Err(StoreError::ClaimLost(outcome.event_id)),
         _ => Ok(()),
     }
+}
+
+/// Ends the event's claim; false if the outcome was run under a claim that no longer holds.
+fn release_claim(
+    transaction: &Transaction<'_>,
+    seq: i64,
+    outcome: &EventOutcome,
+) -> rusqlite::Result<bool> {
+    let claim = outcome.claimed_by.as_ref().map(|by| by.as_str());
+    let released = transaction
+        .prepare_cached(
+            "DELETE FROM event_claims WHERE seq = ?1 AND (?2 IS NULL OR claimed_by = ?2)",
+        )?
+        .execute(params![seq, claim])?;
+    Ok(released == 1 || claim.is_none())
 }
 
 fn insert_action(
