@@ -76,6 +76,10 @@ struct Args {
     common: bench::Common,
     #[command(flatten)]
     phases: bench::ClosedLoop,
+    /// A re-push storm: every body is sent twice (by whichever connections send next), so
+    /// half the answers are duplicates of a notification stored moments before.
+    #[arg(long)]
+    repush: bool,
     /// Internal: run the bare baseline server on this address.
     #[arg(long, hide = true)]
     serve_bare: Option<SocketAddr>,
@@ -234,7 +238,7 @@ async fn run_phase(
         load_cpu: args.common.load_cpu,
     };
     let drivers: Vec<_> = (0..connections)
-        .map(|_| tokio::spawn(drive(server.address, window)))
+        .map(|_| tokio::spawn(drive(server.address, window, args.repush)))
         .collect();
     let samples = tokio::spawn(sample_window(watch, window));
     let mut stats = Stats::default();
@@ -255,7 +259,7 @@ async fn run_phase(
 }
 
 /// One connection's closed loop: send, wait for the answer, send the next, until the window ends.
-async fn drive(address: SocketAddr, window: Window) -> Stats {
+async fn drive(address: SocketAddr, window: Window, repush: bool) -> Stats {
     let mut stats = Stats::default();
     let mut connection = None;
     while Instant::now() < window.end {
@@ -267,7 +271,7 @@ async fn drive(address: SocketAddr, window: Window) -> Stats {
                 continue;
             }
         };
-        let request = post_request(address, &notification_body());
+        let request = post_request(address, &notification_body(repush));
         let started = Instant::now();
         let result = bench::exchange_in(&mut connection, open, &request).await;
         let finished = Instant::now();
@@ -279,9 +283,11 @@ async fn drive(address: SocketAddr, window: Window) -> Stats {
     stats
 }
 
-/// A realistic `swUpgradeResultNotify` with every mandatory field; one in ten is a FAIL.
-fn notification_body() -> String {
-    let n = NEXT_NOTIFICATION.fetch_add(1, Ordering::Relaxed);
+/// A realistic `swUpgradeResultNotify` with every mandatory field; one in ten is a FAIL. With
+/// `repush`, each body twice in a row.
+fn notification_body(repush: bool) -> String {
+    let sent = NEXT_NOTIFICATION.fetch_add(1, Ordering::Relaxed);
+    let n = if repush { sent / 2 } else { sent };
     bench::upgrade_result(n, n.is_multiple_of(10))
 }
 
@@ -451,6 +457,17 @@ impl PhaseReport {
         self.stats.accepted as f64 / self.window.as_secs_f64()
     }
 
+    fn duplicates_per_second(&self) -> f64 {
+        self.stats.duplicates as f64 / self.window.as_secs_f64()
+    }
+
+    /// The server's CPU time per answered notification (accepted or duplicate), in µs.
+    fn cpu_per_answer_us(&self) -> Option<f64> {
+        let answers = self.stats.accepted + self.stats.duplicates;
+        let busy = self.usage.cpu.server? * self.window.as_secs_f64();
+        (answers > 0).then(|| busy / answers as f64 * 1e6)
+    }
+
     /// Nearest-rank percentiles in milliseconds; `None` when nothing was answered.
     fn latency(&self) -> Option<Latency> {
         let mut sorted = self.stats.latencies.clone();
@@ -476,8 +493,14 @@ impl PhaseReport {
             self.accepted_per_second()
         );
         println!(
-            "  not accepted    duplicates {}, other 200 {}, non-200 {:?}, errors {:?}",
-            stats.duplicates, stats.other_200, stats.non_200, stats.errors
+            "  duplicates      {} ({:.1}/s); server CPU per answer {} µs",
+            stats.duplicates,
+            self.duplicates_per_second(),
+            optional(self.cpu_per_answer_us(), 1)
+        );
+        println!(
+            "  not accepted    other 200 {}, non-200 {:?}, errors {:?}",
+            stats.other_200, stats.non_200, stats.errors
         );
         self.print_latency();
         self.print_memory();

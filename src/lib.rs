@@ -31,7 +31,7 @@ use metrics::Metrics;
 use script::reload::Reloader;
 use script::worker::Workers;
 use script::{Limits, PluginSet, Scripts, Settings};
-use store::{Intake, Signals, SqliteStore, Store, StoreError};
+use store::{Intake, Signals, Store, StoreError};
 
 fn list_errors(errors: &[script::ScriptError]) -> String {
     errors
@@ -73,8 +73,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + 'static,
 ) -> Result<(), ServeError> {
-    let store = SqliteStore::open(&config.store)?;
-    serve_with_store(config, Arc::new(store), listener, shutdown).await
+    let store = store::open(&config.store, store::Opener::Server)?;
+    serve_with_store(config, store, listener, shutdown).await
 }
 
 /// As [`serve`], on a store of the caller's choosing (another backend, or a test double).
@@ -98,6 +98,10 @@ pub async fn serve_with_store(
         signals.clone(),
     )
     .map_err(ServeError::Thread)?;
+    // Before anything claims: what a stopped server of this store left claimed goes at once.
+    if let Err(error) = store.release_stale_claims() {
+        tracing::warn!(%error, "cannot release a stopped server's claims; they end with their lease");
+    }
     let deliverer = Deliverer::start(
         &config,
         Arc::clone(&store),

@@ -1003,6 +1003,43 @@ fn an_open_breaker_defers_without_counting_attempts_and_a_good_probe_releases_al
 }
 
 #[test]
+fn a_retry_after_holds_even_when_the_breaker_recovers_meanwhile() {
+    let sink = HttpSink::start();
+    sink.then(Answer::status(429).header("Retry-After", "3"));
+    let delivery = "backoff_initial = \"100ms\"\ntimeout = \"1s\"\nbreaker_failures = 1\nbreaker_cooldown = \"300ms\"\n";
+    let server = TestServer::start_with_plugins(
+        &hook_config(&sink.url("/hook"), delivery),
+        &[("hook.rhai", HOOK_PLUGIN)],
+    );
+    let throttled = post(&server, custom("dev-a", json!({"note": "throttled"})));
+    wait_for(&server, "the 429", DELIVERY_TIMEOUT, || {
+        (sink.count() == 1).then_some(())
+    });
+    // The 429 opened the breaker; this one is held, then goes as the probe and succeeds.
+    let probe = post(&server, custom("dev-b", json!({"note": "probe"})));
+    wait_for_statuses(&server, &probe, 1, "sent");
+    wait_for_statuses(&server, &throttled, 1, "sent");
+    let requests = sink.requests();
+    let of = |note: &str| -> Vec<&Received> {
+        requests
+            .iter()
+            .filter(|r| r.json()["note"] == note)
+            .collect()
+    };
+    let (throttled, probe) = (of("throttled"), of("probe"));
+    assert_eq!((throttled.len(), probe.len()), (2, 1), "{requests:#?}");
+    assert!(
+        probe[0].at < throttled[1].at,
+        "the breaker recovered before the retry"
+    );
+    let waited = throttled[1].at - throttled[0].at;
+    assert!(
+        waited >= Duration::from_secs(3),
+        "retried {waited:?} after a 429 with Retry-After: 3"
+    );
+}
+
+#[test]
 fn an_email_that_cannot_be_built_is_no_answer_from_the_smtp_server() {
     // breaker.rs: "Only answers from the destination count; a failure of our own (e.g. a
     // message that cannot be built) must not be passed here."
@@ -1068,8 +1105,8 @@ fn on_notification(n, meta) {
 // Durability
 // ---------------------------------------------------------------------------------------------
 
-/// The number of actions in each status, read from the store.
-fn action_statuses(server: &TestServer) -> HashMap<String, i64> {
+/// The server's store, opened read-only beside it.
+fn read_store(server: &TestServer) -> rusqlite::Connection {
     let connection = rusqlite::Connection::open_with_flags(
         server.store_path(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -1078,6 +1115,12 @@ fn action_statuses(server: &TestServer) -> HashMap<String, i64> {
     connection
         .busy_timeout(Duration::from_secs(10))
         .expect("a busy timeout can be set");
+    connection
+}
+
+/// The number of actions in each status, read from the store.
+fn action_statuses(server: &TestServer) -> HashMap<String, i64> {
+    let connection = read_store(server);
     let mut statement = connection
         .prepare("SELECT status, count(*) FROM actions GROUP BY status")
         .expect("the actions table has a status");
@@ -1138,6 +1181,154 @@ concurrency_per_destination = 16
         "kill -9 with 500 pending: {} deliveries, {duplicates} duplicate(s)",
         delivered.len()
     );
+}
+
+#[test]
+fn four_workers_send_one_storm_message_per_plugin_for_200_failures_of_one_version() {
+    let chat = HttpSink::start();
+    let smtp = SmtpSink::start();
+    let config = format!(
+        r#"
+[scripts]
+dir = "{scripts}"
+hot_reload = false
+workers = 4
+
+[channels.ops]
+kind = "slack"
+url = "{chat_url}"
+
+[email]
+transport = "smtp"
+smtp_url = "{smtp_url}"
+
+[vars]
+ops_email = "ops@example.com"
+storm_threshold = 5
+"#,
+        scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts"),
+        chat_url = chat.url("/services/T0/B0/token"),
+        smtp_url = smtp.url(),
+    );
+    let server = TestServer::start(&config);
+    // Many connections at once, so that the workers' batches interleave.
+    common::in_parallel(8, 25, |thread, n| {
+        let body = common::fixtures::sw_fail(&format!("dev-{thread}-{n}"));
+        server.post_json(RECEIVER, &body.to_string()).accepted();
+    });
+    server.wait_until_processed();
+    // Five alerts and one storm message from each of the email and chat plugins.
+    let statuses = wait_for(&server, "12 actions sent", DELIVERY_TIMEOUT, || {
+        let statuses = action_statuses(&server);
+        (statuses.get("sent") >= Some(&12)).then_some(statuses)
+    });
+    assert_eq!(statuses, HashMap::from([("sent".to_owned(), 12)]));
+    let chats: Vec<String> = chat
+        .delivered()
+        .iter()
+        .map(|r| r.json()["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let storms = chats.iter().filter(|text| text.contains("storm")).count();
+    assert_eq!((chats.len(), storms), (6, 1), "{chats:#?}");
+    let subjects: Vec<String> = smtp
+        .mails()
+        .iter()
+        .map(|mail| decode_header(&mail.header("Subject").unwrap_or_default()))
+        .collect();
+    let storms = subjects.iter().filter(|s| s.contains("storm")).count();
+    assert_eq!((subjects.len(), storms), (6, 1), "{subjects:#?}");
+}
+
+/// How a server is ended before its restart.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Kill9,
+    Sigterm,
+}
+
+/// 200 chat actions fail against a destination that is down, long enough to open its breaker
+/// (default cooldown, 30 s); the server ends, the destination comes back, and the restarted
+/// server delivers every action within 5 s: the breaker was never written into the store.
+fn a_restart_delivers_what_an_open_breaker_held(ending: Ending) {
+    let sink = HttpSink::start();
+    sink.answer_always(Answer::status(503));
+    let config = format!(
+        r#"
+[channels.ops]
+kind = "slack"
+url = "{}"
+
+[delivery]
+backoff_initial = "100ms"
+backoff_max = "1s"
+timeout = "1s"
+"#,
+        sink.url("/services/T0/B0/token")
+    );
+    let plugin = r#"
+fn on_notification(n, meta) {
+    if upgrade_failed(n) { slack("ops", `FAIL ${n.deviceId}`); }
+}
+"#;
+    let mut server = TestServer::start_with_plugins(&config, &[("chat.rhai", plugin)]);
+    for device in 0..200 {
+        server
+            .post_json(
+                RECEIVER,
+                &common::fixtures::sw_fail(&format!("dev-{device}")).to_string(),
+            )
+            .accepted();
+    }
+    server.wait_until_processed();
+    // Five failures in a row open the breaker (breaker_failures defaults to 5).
+    wait_for(
+        &server,
+        "the breaker's five failures",
+        DELIVERY_TIMEOUT,
+        || (attempts_recorded(&server) >= 5).then_some(()),
+    );
+    match ending {
+        Ending::Kill9 => server.kill9(),
+        Ending::Sigterm => {
+            let status = server.sigterm_and_wait(Duration::from_secs(10));
+            assert!(status.success(), "{status:?}; logs:\n{}", server.logs());
+        }
+    }
+    assert_eq!(
+        action_statuses(&server),
+        HashMap::from([("pending".to_owned(), 200)])
+    );
+    sink.answer_always(Answer::ok());
+    let server = server.restart();
+    wait_for(
+        &server,
+        "200 actions sent within 5 s of the restart",
+        Duration::from_secs(5),
+        || (action_statuses(&server).get("sent") == Some(&200)).then_some(()),
+    );
+    let texts: BTreeSet<String> = sink
+        .delivered()
+        .iter()
+        .map(|r| r.json()["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(texts.len(), 200, "every device's message arrived");
+}
+
+/// The attempts recorded in the store, over all actions.
+fn attempts_recorded(server: &TestServer) -> i64 {
+    read_store(server)
+        .query_row("SELECT count(*) FROM action_attempts", [], |row| row.get(0))
+        .expect("the attempts can be counted")
+}
+
+#[test]
+fn after_kill_9_a_destination_that_is_back_gets_everything_at_once() {
+    a_restart_delivers_what_an_open_breaker_held(Ending::Kill9);
+}
+
+#[test]
+fn after_sigterm_a_destination_that_is_back_gets_everything_at_once() {
+    a_restart_delivers_what_an_open_breaker_held(Ending::Sigterm);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::store::{DeadLetter, SqliteStore, Store};
+use crate::store::{self, DeadLetter, Opener};
 
 #[derive(Debug, Subcommand)]
 pub enum DeadCommand {
@@ -30,7 +30,7 @@ pub enum DeadCommand {
 }
 
 pub fn run(config: &Config, command: DeadCommand) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open_existing(&config.store)?;
+    let store = store::open(&config.store, Opener::Command)?;
     match command {
         DeadCommand::List { json } => {
             let dead = store.dead_letters()?;

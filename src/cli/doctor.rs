@@ -16,7 +16,7 @@ use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use tokio::runtime::Runtime;
 
 use crate::config::{ChannelConfig, Config, MailTransport};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{self, Opener, StoreError};
 
 /// Longest wait for one server (SMTP, a channel's host) to answer.
 const REACH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,7 +102,7 @@ fn print(report: &Report) {
 
 fn store(config: &Config, _: &Runtime) -> Vec<Report> {
     let path = config.store.path.display();
-    let result = match SqliteStore::open_existing(&config.store) {
+    let result = match store::open(&config.store, Opener::Command) {
         Err(StoreError::Missing { .. }) => Ok(format!(
             "{path} does not exist yet; `notirouter serve` creates it"
         )),

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::model::state::{StateChanges, StateView};
 use crate::model::{EventId, EventStatus, Millis};
 use crate::script::EventInput;
-use crate::store::{EventDetail, EventFilter, EventSummary, SqliteStore, Store};
+use crate::store::{self, EventDetail, EventFilter, EventSummary, Opener, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
@@ -55,7 +55,7 @@ pub enum EventsCommand {
 }
 
 pub fn run(config: &Config, command: EventsCommand) -> anyhow::Result<ExitCode> {
-    let store = Arc::new(SqliteStore::open_existing(&config.store)?);
+    let store = store::open(&config.store, Opener::Command)?;
     match command {
         EventsCommand::List {
             status,
@@ -118,7 +118,7 @@ fn detail_json(event: &EventDetail) -> Value {
 
 fn replay(
     config: &Config,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     id: EventId,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {

@@ -141,6 +141,7 @@ pub struct StoreConfig {
     pub retention: Duration,
     pub rejected_max_count: u64,
     pub rejected_max_bytes: usize,
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -312,6 +313,7 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
         retention: raw.retention,
         rejected_max_count: raw.rejected_max_count,
         rejected_max_bytes: raw.rejected_max_bytes,
+        lease: raw.lease,
     })
 }
 

@@ -275,6 +275,9 @@ pub(super) struct RawStore {
     pub rejected_max_count: u64,
     /// Longest prefix kept of one rejected body. Default 65536.
     pub rejected_max_bytes: usize,
+    /// How long a claimed event or action stays with a claimer that stopped. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 impl Default for RawStore {
@@ -285,6 +288,7 @@ impl Default for RawStore {
             retention: Duration::from_secs(30 * 24 * 3600),
             rejected_max_count: 10_000,
             rejected_max_bytes: 65536,
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -296,8 +300,8 @@ pub(super) struct RawScripts {
     pub dir: PathBuf,
     /// Reload plugins when their files change. Default true.
     pub hot_reload: bool,
-    /// Script threads. One handles tens of thousands of events a second; more shard events by
-    /// `deviceId`. Default 1.
+    /// Script threads. One handles tens of thousands of events a second; more claim events in
+    /// the store, each device's in order. Default 1.
     pub workers: usize,
     /// Operations one plugin run may take; stops runaway loops. Default 1000000.
     pub max_operations: u64,

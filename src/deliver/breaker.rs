@@ -1,7 +1,8 @@
 //! A circuit breaker per destination. After `failures` failures in a row it opens for
-//! `cooldown`; then one probe goes through. While it is open, tries are deferred, not counted
-//! as attempts. A probe that succeeds closes it (and the destination's pending actions become
-//! due at once); one that fails opens it again.
+//! `cooldown`; then one probe goes through. While it is open, the destination's due actions are
+//! held back (not claimed, not counted as attempts, their schedule untouched). A probe that
+//! succeeds closes it, and the held actions go, each at its own due time; one that fails opens
+//! it again. The breaker is this instance's knowledge only: it is never written to the store.
 
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,11 @@ pub enum Admission {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     None,
-    /// Just opened: defer the destination's pending actions until `until`.
+    /// Just opened: the destination's due actions are held back until `until`.
     Opened {
         until: Instant,
     },
-    /// A probe succeeded: the destination's pending actions are due at once.
+    /// A probe succeeded: the held actions may go again.
     Recovered,
 }
 
@@ -68,6 +69,14 @@ impl Breaker {
             State::Probing => Admission::Wait {
                 until: now + self.cooldown,
             },
+        }
+    }
+
+    /// When an open breaker lets its probe through; `None` unless it is open.
+    pub fn reopens_at(&self) -> Option<Instant> {
+        match self.state {
+            State::Open { until } => Some(until),
+            State::Closed | State::Probing => None,
         }
     }
 

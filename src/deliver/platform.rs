@@ -65,7 +65,7 @@ impl PlatformSender {
             None => self.platform.file_id(kind, &op.target_version).await?,
         };
         let mark = DeliveryUpdate::InFlight {
-            id: pending.id.clone(),
+            claim: pending.claim(),
             at: Millis::now(),
         };
         if let Err(error) = self.intake.record_deliveries(vec![mark]).await {

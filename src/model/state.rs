@@ -6,7 +6,10 @@
 //! later event of the same batch (or a later plugin of the same event) sees earlier changes.
 //!
 //! Counters and budgets are written as deltas, so two workers incrementing one key cannot lose
-//! an update.
+//! an update. Every committed value a run read is kept in [`StateChanges::reads`]; the store
+//! checks them when it commits and refuses the batch if another claimer changed one meanwhile,
+//! so that a decision made from state (a key unseen, a threshold reached, budget left) stays
+//! right with any number of claimers: the refused batch runs again on the new state.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -62,9 +65,41 @@ pub struct StateChanges {
     pub seen: HashMap<String, SeenRecord>,
     pub counts: HashMap<String, CountDelta>,
     pub budgets: HashMap<(String, String), BudgetDelta>,
+    /// The committed values the run read, each as first read: the commit holds only if they
+    /// are unchanged.
+    pub reads: HashMap<StateKey, Option<CommittedValue>>,
     /// What each change replaced, newest last, so that a failed plugin's changes can be undone
     /// without copying the whole overlay before every run.
     undo: Vec<Undo>,
+}
+
+/// One piece of committed state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StateKey {
+    Seen(String),
+    Counter(String),
+    Budget {
+        device_id: String,
+        target_version: String,
+    },
+}
+
+/// A committed value: a counter's or budget's value and window start; for a `seen` key, 0 and
+/// when it was recorded.
+pub type CommittedValue = (i64, Millis);
+
+impl StateKey {
+    /// Reads this key's committed value from `view`.
+    pub fn read(&self, view: &dyn StateView) -> Result<Option<CommittedValue>, StateError> {
+        match self {
+            StateKey::Seen(key) => Ok(view.seen_at(key)?.map(|at| (0, at))),
+            StateKey::Counter(key) => view.counter(key),
+            StateKey::Budget {
+                device_id,
+                target_version,
+            } => view.budget(device_id, target_version),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -133,17 +168,36 @@ pub struct Effective<'a> {
     pub now: Millis,
 }
 
+fn budget_key(device_id: &str, target_version: &str) -> StateKey {
+    StateKey::Budget {
+        device_id: device_id.to_owned(),
+        target_version: target_version.to_owned(),
+    }
+}
+
 fn live(start: Millis, window: Duration, now: Millis) -> bool {
     start > now.minus(window)
 }
 
 impl Effective<'_> {
+    /// Reads `key`'s committed value, and keeps the first value read for the commit's check.
+    fn read_committed(&mut self, key: StateKey) -> Result<Option<CommittedValue>, StateError> {
+        if let Some(read) = self.changes.reads.get(&key) {
+            return Ok(*read);
+        }
+        let value = key.read(self.committed)?;
+        self.changes.reads.insert(key, value);
+        Ok(value)
+    }
+
     /// `seen(key, ttl)`: true if `key` was recorded within `ttl`; otherwise records it. A hit
     /// does not extend the ttl.
     pub fn seen(&mut self, key: &str, ttl: Duration) -> Result<bool, StateError> {
         let recorded = match self.changes.seen.get(key) {
             Some(record) => Some(record.recorded_at),
-            None => self.committed.seen_at(key)?,
+            None => self
+                .read_committed(StateKey::Seen(key.to_owned()))?
+                .map(|(_, at)| at),
         };
         if recorded.is_some_and(|at| live(at, ttl, self.now)) {
             return Ok(true);
@@ -163,8 +217,7 @@ impl Effective<'_> {
     /// its first increment.
     pub fn count(&mut self, key: &str, window: Duration) -> Result<i64, StateError> {
         let committed = self
-            .committed
-            .counter(key)?
+            .read_committed(StateKey::Counter(key.to_owned()))?
             .filter(|(_, start)| live(*start, window, self.now));
         let pending =
             self.changes
@@ -197,14 +250,13 @@ impl Effective<'_> {
 
     /// Retries used for `(device_id, target_version)` within `window`.
     pub fn budget_used(
-        &self,
+        &mut self,
         device_id: &str,
         target_version: &str,
         window: Duration,
     ) -> Result<i64, StateError> {
         let committed = self
-            .committed
-            .budget(device_id, target_version)?
+            .read_committed(budget_key(device_id, target_version))?
             .filter(|(_, start)| live(*start, window, self.now));
         let key = (device_id.to_owned(), target_version.to_owned());
         Ok(match self.changes.budgets.get(&key) {
@@ -228,8 +280,7 @@ impl Effective<'_> {
         window: Duration,
     ) -> Result<(), StateError> {
         let committed_live = self
-            .committed
-            .budget(device_id, target_version)?
+            .read_committed(budget_key(device_id, target_version))?
             .is_some_and(|(_, start)| live(start, window, self.now));
         let key = (device_id.to_owned(), target_version.to_owned());
         let delta = match self.changes.budgets.get(&key) {

@@ -102,6 +102,7 @@ impl EventRun {
             plugins,
             actions: self.actions,
             replayed_from,
+            claimed_by: None,
         }
     }
 }

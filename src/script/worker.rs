@@ -1,14 +1,13 @@
 //! Script workers: plain threads (rhai evaluation is CPU work and must not run on the HTTP or
-//! delivery executors) that take stored events in arrival order, run the plugins, and commit
-//! each batch's outcomes, actions and state changes in one transaction through the store's
-//! writer. Nothing is claimed in the store: an event stays `pending` until its outcome commits,
-//! so a crash or a stop at any point leaves it to be run again, and never half-run.
+//! delivery executors) that claim stored events in the store, in arrival order, run the
+//! plugins, and commit each batch's outcomes, actions and state changes in one transaction
+//! through the store's writer. An event stays `pending` until its outcome commits, so a crash
+//! or a stop at any point leaves it to be run again (once its claim's lease ends, or at once
+//! when the store knows the claimer is gone), and never half-run.
 //!
-//! With more than one worker, events are sharded by `deviceId`, so each device's events stay
-//! in order and its retry budget is only ever changed by one thread.
+//! The store's claim keeps each device's events in order across any number of workers and
+//! instances: an event is not claimable while an earlier one of its device is held elsewhere.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -18,7 +17,9 @@ use super::{EventInput, PluginSet, Scripts};
 use crate::metrics::Metrics;
 use crate::model::state::{StateChanges, StateView};
 use crate::model::{EventStatus, Millis};
-use crate::store::{EventOutcome, Intake, Store, StoredEvent, Wakeup};
+use crate::store::{
+    Claimer, EventOutcome, Intake, IntakeError, Store, StoreError, StoredEvent, Wakeup,
+};
 
 /// Events taken per batch: enough to share one commit among many events, few enough that a
 /// batch is committed within milliseconds.
@@ -35,8 +36,7 @@ pub struct Workers {
 }
 
 struct Worker {
-    shard: usize,
-    shards: usize,
+    claimer: Claimer,
     store: Arc<dyn Store>,
     intake: Intake,
     scripts: Scripts,
@@ -56,10 +56,10 @@ impl Workers {
     ) -> std::io::Result<Workers> {
         let stopping = Arc::new(AtomicBool::new(false));
         let threads = (0..count)
-            .map(|shard| {
+            .map(|index| {
+                let name = format!("script-{index}");
                 let worker = Worker {
-                    shard,
-                    shards: count,
+                    claimer: Claimer::of_this_process(&name),
                     store: Arc::clone(&store),
                     intake: intake.clone(),
                     scripts: scripts.clone(),
@@ -68,7 +68,7 @@ impl Workers {
                     wakeup: Arc::clone(&wakeup),
                 };
                 std::thread::Builder::new()
-                    .name(format!("script-{shard}"))
+                    .name(name)
                     .spawn(move || worker.run())
             })
             .collect::<std::io::Result<_>>()?;
@@ -93,48 +93,38 @@ impl Workers {
 impl Worker {
     fn run(self) {
         crate::background::lower_current_thread();
-        let mut cursor = 0;
         while !self.stopping.load(Ordering::SeqCst) {
             let generation = self.wakeup.generation();
-            match self.store.pending_events(cursor, BATCH) {
+            match self.store.claim_events(&self.claimer, BATCH, Millis::now()) {
                 Ok(events) if events.is_empty() => self.wakeup.wait(generation, IDLE_POLL),
-                Ok(events) => cursor = self.process(cursor, events),
+                Ok(events) => self.process(events),
                 Err(error) => {
-                    tracing::error!(%error, "script worker cannot read events; retrying");
+                    tracing::error!(%error, "script worker cannot claim events; retrying");
                     self.wakeup.wait(generation, IDLE_POLL);
                 }
             }
         }
     }
 
-    fn owns(&self, event: &StoredEvent) -> bool {
-        if self.shards == 1 {
-            return true;
-        }
-        let mut hasher = DefaultHasher::new();
-        event.device_id.hash(&mut hasher);
-        hasher.finish() as usize % self.shards == self.shard
-    }
-
-    /// Runs a batch and commits it; returns the new cursor (the last committed or skipped seq).
-    fn process(&self, cursor: i64, events: Vec<StoredEvent>) -> i64 {
+    /// Runs a batch of claimed events and commits it. On failure the events stay pending and
+    /// claimed by this worker, which takes them again at its next claim.
+    fn process(&self, events: Vec<StoredEvent>) {
         let set = self.scripts.current();
         let committed: Arc<dyn StateView + Send + Sync> = self.store.clone();
         let mut changes = StateChanges::default();
         let mut outcomes = Vec::new();
-        let mut reached = cursor;
         for event in &events {
-            if self.owns(event) {
-                match self.run_event(&set, event, &committed, &mut changes) {
-                    Some(outcome) => outcomes.push(outcome),
-                    None => break,
-                }
+            match self.run_event(&set, event, &committed, &mut changes) {
+                Some(outcome) => outcomes.push(EventOutcome {
+                    claimed_by: Some(self.claimer.clone()),
+                    ..outcome
+                }),
+                None => break,
             }
-            reached = event.seq;
         }
-        if outcomes.is_empty() && reached == cursor {
+        if outcomes.is_empty() {
             self.wakeup.wait(self.wakeup.generation(), IDLE_POLL);
-            return cursor;
+            return;
         }
         let queued: Vec<(&'static str, String)> = outcomes
             .iter()
@@ -148,12 +138,18 @@ impl Worker {
                     self.metrics
                         .action(kind, crate::deliver::channel_label(destination), "queued");
                 }
-                reached
+            }
+            // Its events are still claimed by this worker: the next claim takes them again,
+            // and they run on the state as it is now.
+            Err(IntakeError::Store(error)) if matches!(*error, StoreError::StateConflict) => {
+                tracing::debug!(%error, "a script batch read state that changed; running it again");
+            }
+            Err(IntakeError::Store(error)) if matches!(*error, StoreError::ClaimLost(_)) => {
+                tracing::warn!(%error, "a script batch lost its claim; its events run elsewhere");
             }
             Err(error) => {
                 tracing::error!(%error, "cannot commit script outcomes; the events stay pending");
                 self.wakeup.wait(self.wakeup.generation(), IDLE_POLL);
-                cursor
             }
         }
     }
@@ -204,6 +200,7 @@ impl EventOutcome {
             plugins: Vec::new(),
             actions: Vec::new(),
             replayed_from: None,
+            claimed_by: None,
         }
     }
 }

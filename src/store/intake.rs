@@ -339,17 +339,8 @@ impl Batch {
         if self.delivery_replies.is_empty() {
             return;
         }
-        if let Ok(raised) = &recorded {
-            if *raised > 0 {
-                signals.events.notify();
-            }
-            if self
-                .deliveries
-                .iter()
-                .any(|u| matches!(u, DeliveryUpdate::Recovered { .. }))
-            {
-                signals.actions.notify_one();
-            }
+        if recorded.as_ref().is_ok_and(|raised| *raised > 0) {
+            signals.events.notify();
         }
         let recorded = recorded
             .map(drop)

@@ -5,20 +5,23 @@
 //!
 //! No SQL lives outside this module.
 
+mod claim;
 mod intake;
+mod open;
+pub mod rules;
 pub mod sqlite;
 mod wakeup;
-
-use std::collections::HashSet;
 
 use serde::Serialize;
 
 use crate::action::Action;
-use crate::model::state::{StateChanges, StateView};
+use crate::model::state::{StateChanges, StateError, StateView};
 use crate::model::{EventId, EventStatus, Millis};
 use crate::notification::Problem;
 
+pub use claim::{ActionClaim, Claimer};
 pub use intake::{Intake, IntakeError, IntakeMetrics, IntakeWriter, Signals};
+pub use open::{Opener, open};
 pub use sqlite::SqliteStore;
 pub use wakeup::Wakeup;
 
@@ -35,10 +38,11 @@ pub enum StoreError {
         "the store was written by a newer notirouter (schema {found}, this one knows {known}); upgrade notirouter"
     )]
     NewerSchema { found: i64, known: i64 },
+    /// The backend's own error, kept as its message and source: no backend's types leak out.
     #[error("store {context}: {source}")]
     Database {
         context: &'static str,
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("stored data is damaged ({0}); restore the store from a backup")]
     Damaged(String),
@@ -50,6 +54,16 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("a store read panicked; this is a bug: report it with the log lines above")]
     ReadPanicked,
+    #[error(
+        "script state that a batch read was changed by another claimer before it committed; the batch runs again"
+    )]
+    StateConflict,
+    #[error("cannot read script state to check a batch: {0}")]
+    StateUnreadable(String),
+    #[error(
+        "event {0} was claimed by another claimer (this one's lease ended); it runs there, and this run is dropped"
+    )]
+    ClaimLost(EventId),
 }
 
 /// A notification ready to be stored.
@@ -158,6 +172,8 @@ pub struct EventOutcome {
     pub actions: Vec<Action>,
     /// Set for a replay: the event keeps its status, and its new actions carry the link.
     pub replayed_from: Option<EventId>,
+    /// The claim the event was run under: the outcome is recorded only while it still holds.
+    pub claimed_by: Option<Claimer>,
 }
 
 /// One plugin's run on one event.
@@ -186,10 +202,12 @@ pub struct ActionRecord {
     pub attempt_log: Vec<Attempt>,
 }
 
-/// An action waiting to be sent, as delivery reads it.
+/// An action claimed for sending, as delivery reads it.
 #[derive(Debug, Clone)]
 pub struct PendingAction {
     pub id: String,
+    /// Who holds the claim; results are recorded under it.
+    pub claimed_by: Claimer,
     pub event_id: String,
     pub destination: String,
     pub action: Action,
@@ -203,45 +221,94 @@ pub struct PendingAction {
     pub in_flight_since: Option<Millis>,
 }
 
+impl PendingAction {
+    /// The claim its results are recorded under.
+    pub fn claim(&self) -> ActionClaim {
+        ActionClaim {
+            id: self.id.clone(),
+            by: self.claimed_by.clone(),
+        }
+    }
+}
+
 /// One attempt, as `events show` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attempt {
     pub number: u32,
     pub at: Millis,
     pub duration_ms: u64,
-    /// `sent`, `retry`, `skipped` or `dead`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub error: Option<String>,
 }
 
-/// What delivery learned, recorded by the store in one transaction per batch.
+/// What became of one attempt; stored and shown as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Sent,
+    Retry,
+    Skipped,
+    Dead,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Sent => "sent",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Skipped => "skipped",
+            AttemptOutcome::Dead => "dead",
+        }
+    }
+}
+
+impl std::str::FromStr for AttemptOutcome {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            AttemptOutcome::Sent,
+            AttemptOutcome::Retry,
+            AttemptOutcome::Skipped,
+            AttemptOutcome::Dead,
+        ]
+        .into_iter()
+        .find(|outcome| outcome.as_str() == text)
+        .ok_or_else(|| format!("unknown attempt outcome {text:?}"))
+    }
+}
+
+/// What delivery learned, recorded by the store in one transaction per batch. Each update
+/// applies only while its claim holds (a claimer that lost its lease records nothing); all but
+/// [`DeliveryUpdate::InFlight`] end the claim.
 #[derive(Debug, Clone)]
 pub enum DeliveryUpdate {
     Sent {
-        id: String,
+        claim: ActionClaim,
         attempt: Attempt,
         result: Option<String>,
     },
     Retry {
-        id: String,
+        claim: ActionClaim,
         attempt: Attempt,
         due_at: Millis,
     },
     /// Given up: the action is dead-lettered and, unless it was queued while handling an
     /// `actionFailed`, an `actionFailed` event is stored for the scripts. A platform task
     /// gives its unit of the upgrade retry budget back, since no task was created.
-    Dead { id: String, attempt: Attempt },
+    Dead {
+        claim: ActionClaim,
+        attempt: Attempt,
+    },
     /// Deliberately not sent (e.g. a failure the platform did not confirm); the attempt's
     /// error says why.
-    Skipped { id: String, attempt: Attempt },
+    Skipped {
+        claim: ActionClaim,
+        attempt: Attempt,
+    },
     /// An attempt that the destination may act on without answering is about to start; made
     /// durable first, so that a restart looks before it sends again.
-    InFlight { id: String, at: Millis },
-    /// The destination's breaker is open: its pending actions wait until `until`, and the wait
-    /// does not count as an attempt.
-    Deferred { destination: String, until: Millis },
-    /// A probe got through: the destination's pending actions are due at once.
-    Recovered { destination: String },
+    InFlight { claim: ActionClaim, at: Millis },
 }
 
 /// One dead letter, for `dead list` (JSON keys are SPEC.md's).
@@ -291,11 +358,27 @@ pub trait Store: StateView + Send + Sync + 'static {
     /// One stored event as the scripts read it, for replays.
     fn stored_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError>;
 
-    /// Pending events with `seq > after_seq`, in arrival order.
-    fn pending_events(&self, after_seq: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Claims up to `limit` pending events for `by`, in arrival order, for the store's lease
+    /// from `now`: those no one holds, those whose lease has ended, and those `by` holds
+    /// already (a claimer that failed to commit takes its own again). An event is left out
+    /// while an earlier pending event of its `deviceId` is held by another claimer or left
+    /// out, so each device's events run in order whoever runs them. Two claimers never both
+    /// get an event while its lease runs.
+    fn claim_events(
+        &self,
+        by: &Claimer,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Ends every claim a stopped instance may have left, when the backend can know that no
+    /// other instance holds one (an embedded store serves one instance); a shared backend
+    /// leaves them to their leases. Called once as `serve` starts.
+    fn release_stale_claims(&self) -> Result<(), StoreError>;
 
     /// Records outcomes, inserts their actions and applies the state changes, in one durable
-    /// transaction: all of it or none of it.
+    /// transaction: all of it or none of it. Fails with [`StoreError::ClaimLost`] when an
+    /// outcome's claim no longer holds.
     fn record_outcomes(
         &self,
         outcomes: &[EventOutcome],
@@ -306,14 +389,15 @@ pub trait Store: StateView + Send + Sync + 'static {
     /// Destinations with actions due at `now`.
     fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError>;
 
-    /// Up to `limit` actions of `destination` due at `now`, the longest due first, leaving out
-    /// those in `skip` (the ones being sent).
-    fn due_actions(
+    /// Claims for `by`, for the store's lease from `now`, up to `limit` actions of
+    /// `destination` due at `now` that no one holds (or whose lease has ended), the longest
+    /// due first.
+    fn claim_due_actions(
         &self,
         destination: &str,
-        now: Millis,
+        by: &Claimer,
         limit: usize,
-        skip: &HashSet<String>,
+        now: Millis,
     ) -> Result<Vec<PendingAction>, StoreError>;
 
     /// When the next pending action falls due (cheap: called after every scheduling round).
@@ -407,4 +491,19 @@ pub fn write_separately<S: Store + ?Sized>(store: &S, group: &WriteGroup<'_>) ->
         outcomes,
         deliveries,
     }
+}
+
+/// Refuses a batch whose run read committed state that `now` (the state inside the commit's
+/// transaction, with the group's earlier batches applied) no longer holds: another claimer
+/// changed it, so the run's decisions may be wrong, and it must run again.
+pub fn check_reads(changes: &StateChanges, now: &dyn StateView) -> Result<(), StoreError> {
+    for (key, read) in &changes.reads {
+        let current = key
+            .read(now)
+            .map_err(|StateError(reason)| StoreError::StateUnreadable(reason))?;
+        if current != *read {
+            return Err(StoreError::StateConflict);
+        }
+    }
+    Ok(())
 }

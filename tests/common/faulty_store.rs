@@ -4,7 +4,6 @@
 //! `write_group` keeps the trait's default, which calls `append`, so a fault reaches every
 //! round of the writer.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
@@ -12,8 +11,9 @@ use std::time::Duration;
 use notirouter::model::state::{StateChanges, StateError, StateView};
 use notirouter::model::{EventId, Millis};
 use notirouter::store::{
-    Appended, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome, EventSummary,
-    NewEvent, PendingAction, Pruned, RejectedBody, SqliteStore, Store, StoreError, StoredEvent,
+    Appended, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome,
+    EventSummary, NewEvent, PendingAction, Pruned, RejectedBody, SqliteStore, Store, StoreError,
+    StoredEvent,
 };
 
 /// The longest a stall holds a write, so that a stall left set cannot hang a process for ever.
@@ -64,7 +64,7 @@ impl FaultyStore {
         let source = rusqlite::Error::SqliteFailure(full, Some("database or disk is full".into()));
         Err(StoreError::Database {
             context: "committing",
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -107,8 +107,17 @@ impl Store for FaultyStore {
         self.inner.stored_event(id)
     }
 
-    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.pending_events(after, limit)
+    fn claim_events(
+        &self,
+        by: &Claimer,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.claim_events(by, limit, now)
+    }
+
+    fn release_stale_claims(&self) -> Result<(), StoreError> {
+        self.inner.release_stale_claims()
     }
 
     fn record_outcomes(
@@ -125,14 +134,14 @@ impl Store for FaultyStore {
         self.inner.due_destinations(now)
     }
 
-    fn due_actions(
+    fn claim_due_actions(
         &self,
         destination: &str,
-        now: Millis,
+        by: &Claimer,
         limit: usize,
-        skip: &HashSet<String>,
+        now: Millis,
     ) -> Result<Vec<PendingAction>, StoreError> {
-        self.inner.due_actions(destination, now, limit, skip)
+        self.inner.claim_due_actions(destination, by, limit, now)
     }
 
     fn next_due(&self) -> Result<Option<Millis>, StoreError> {

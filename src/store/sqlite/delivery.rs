@@ -1,18 +1,17 @@
 //! Delivery's reads and writes: due actions per destination, attempt records, dead letters and
 //! the `actionFailed` events they raise.
 
-use std::collections::HashSet;
-
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use serde_json::json;
 
 use super::dedup::hash64;
 use super::intake::next_seq;
 use super::{SqliteStore, begin, database, execute_cached, query_row_cached};
 use crate::action::Action;
 use crate::model::{EventId, Millis};
-use crate::notification::canonical_hash;
-use crate::store::{Attempt, DeadLetter, DeliveryUpdate, PendingAction, StoreError};
+use crate::store::rules::{self, InternalEvent};
+use crate::store::{
+    ActionClaim, Attempt, Claimer, DeadLetter, DeliveryUpdate, PendingAction, StoreError,
+};
 
 impl SqliteStore {
     pub(super) fn read_due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
@@ -23,36 +22,6 @@ impl SqliteStore {
             )
             .and_then(|mut statement| statement.query_map([now.0], |row| row.get(0))?.collect())
             .map_err(database("finding due destinations"))
-    }
-
-    /// Skipped rows are left out before their payloads are parsed: the rows being sent are
-    /// the longest due, so every refill reads them again.
-    pub(super) fn read_due_actions(
-        &self,
-        destination: &str,
-        now: Millis,
-        limit: usize,
-        skip: &HashSet<String>,
-    ) -> Result<Vec<PendingAction>, StoreError> {
-        let reader = self.reader();
-        let rows: Vec<PendingRow> = reader
-            .prepare_cached(
-                "SELECT id, event_id, destination, payload, idempotency_key, created_at, attempts,
-                 in_flight_at FROM actions WHERE status = 'pending' AND destination = ?1 AND due_at <= ?2
-                 ORDER BY due_at LIMIT ?3",
-            )
-            .and_then(|mut statement| {
-                let rows = limit + skip.len();
-                statement
-                    .query_map(params![destination, now.0, rows as i64], pending_row)?
-                    .collect()
-            })
-            .map_err(database("reading due actions"))?;
-        rows.into_iter()
-            .filter(|row| !skip.contains(&row.id))
-            .take(limit)
-            .map(PendingRow::into_action)
-            .collect()
     }
 
     /// Answered from the partial index on pending actions' due times.
@@ -88,74 +57,65 @@ impl SqliteStore {
         for update in updates {
             match update {
                 DeliveryUpdate::Sent {
-                    id,
+                    claim,
                     attempt,
                     result,
                 } => {
-                    execute_cached(
+                    let updated = execute_cached(
                         transaction,
                         "UPDATE actions SET status = 'sent', attempts = ?2, sent_at = ?3, result = ?4,
-                         last_error = NULL WHERE id = ?1",
-                        params![id, attempt.number, attempt.at.0, result],
+                         last_error = NULL, claimed_by = NULL, lease_until = NULL
+                         WHERE id = ?1 AND claimed_by = ?5",
+                        params![claim.id, attempt.number, attempt.at.0, result, claim.by.as_str()],
                     )
                     .map_err(database("recording a sent action"))?;
-                    insert_attempt(transaction, id, attempt)?;
+                    record_attempt_if_held(transaction, claim, updated, attempt)?;
                 }
                 DeliveryUpdate::Retry {
-                    id,
+                    claim,
                     attempt,
                     due_at,
                 } => {
-                    execute_cached(
+                    let updated = execute_cached(
                         transaction,
-                        "UPDATE actions SET attempts = ?2, due_at = ?3, last_error = ?4 WHERE id = ?1",
-                        params![id, attempt.number, due_at.0, attempt.error],
+                        "UPDATE actions SET attempts = ?2, due_at = ?3, last_error = ?4,
+                         claimed_by = NULL, lease_until = NULL WHERE id = ?1 AND claimed_by = ?5",
+                        params![
+                            claim.id,
+                            attempt.number,
+                            due_at.0,
+                            attempt.error,
+                            claim.by.as_str()
+                        ],
                     )
                     .map_err(database("scheduling a retry"))?;
-                    insert_attempt(transaction, id, attempt)?;
+                    record_attempt_if_held(transaction, claim, updated, attempt)?;
                 }
-                DeliveryUpdate::Dead { id, attempt } => {
-                    finish(transaction, id, "dead", attempt)?;
-                    give_budget_back(transaction, id)?;
-                    raised +=
-                        usize::from(self.raise_action_failed(transaction, id, attempt, now)?);
+                DeliveryUpdate::Dead { claim, attempt } => {
+                    if finish(transaction, claim, "dead", attempt)? {
+                        raised +=
+                            usize::from(self.after_death(transaction, &claim.id, attempt, now)?);
+                    }
                 }
-                DeliveryUpdate::Skipped { id, attempt } => {
-                    finish(transaction, id, "skipped", attempt)?;
+                DeliveryUpdate::Skipped { claim, attempt } => {
+                    finish(transaction, claim, "skipped", attempt)?;
                 }
-                DeliveryUpdate::InFlight { id, at } => {
+                DeliveryUpdate::InFlight { claim, at } => {
                     execute_cached(
                         transaction,
-                        "UPDATE actions SET in_flight_at = ?2 WHERE id = ?1",
-                        params![id, at.0],
+                        "UPDATE actions SET in_flight_at = ?2 WHERE id = ?1 AND claimed_by = ?3",
+                        params![claim.id, at.0, claim.by.as_str()],
                     )
                     .map_err(database("marking an action in flight"))?;
-                }
-                DeliveryUpdate::Deferred { destination, until } => {
-                    execute_cached(
-                        transaction,
-                        "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1
-                         AND due_at < ?2",
-                        params![destination, until.0],
-                    )
-                    .map_err(database("deferring a destination"))?;
-                }
-                DeliveryUpdate::Recovered { destination } => {
-                    execute_cached(
-                        transaction,
-                        "UPDATE actions SET due_at = ?2 WHERE status = 'pending' AND destination = ?1",
-                        params![destination, now.0],
-                    )
-                    .map_err(database("releasing a destination"))?;
                 }
             }
         }
         Ok(raised)
     }
 
-    /// Stores `{"notifyType":"actionFailed", ...}` for the scripts, unless the action was itself
-    /// queued while handling one (which would loop).
-    fn raise_action_failed(
+    /// Applies [`rules`] to a dead action: its budget unit back, and its `actionFailed` event.
+    /// Returns whether an event was raised.
+    fn after_death(
         &self,
         transaction: &Transaction<'_>,
         id: &str,
@@ -173,46 +133,33 @@ impl SqliteStore {
         let Some((event_id, payload)) = found else {
             return Ok(false);
         };
-        let event: EventId = event_id.parse().map_err(StoreError::Damaged)?;
+        let event_id: EventId = event_id.parse().map_err(StoreError::Damaged)?;
+        // By `seq`, the events' key: there is no index on the id.
         let source: Option<String> = transaction
             .query_row(
                 "SELECT source FROM events WHERE seq = ?1",
-                [event.seq()],
+                [event_id.seq()],
                 |row| row.get(0),
             )
             .optional()
             .map_err(database("reading a dead action's event"))?;
-        if source.as_deref() != Some("http") {
-            return Ok(false);
+        let action: Action = serde_json::from_str(&payload).map_err(|e| {
+            StoreError::Damaged(format!("action {id} has an unreadable payload: {e}"))
+        })?;
+        if let Some((device_id, target_version)) = rules::budget_taken(&action) {
+            give_budget_back(transaction, device_id, target_version)?;
         }
-        let action: serde_json::Value =
-            serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
-        let body = json!({
-            "notifyType": "actionFailed",
-            "action": action,
-            "error": attempt.error,
-            "attempts": attempt.number,
-            "eventId": event_id,
-            "actionId": id,
-        });
-        let bytes = serde_json::to_vec(&body).expect("a JSON value serialises");
-        let hash = canonical_hash(&body);
-        let seq = next_seq(transaction)?;
-        transaction
-            .execute(
-                "INSERT INTO events (seq, id, received_at, path, remote_addr, notify_type, device_id,
-                 body, body_hash, hash64, warnings, source)
-                 VALUES (?1, ?2, ?3, '', NULL, 'actionFailed', NULL, ?4, ?5, ?6, '[]', 'internal')",
-                params![
-                    seq,
-                    EventId::from_parts(now, seq).to_string(),
-                    now.0,
-                    bytes,
-                    &hash[..],
-                    hash64(&hash)
-                ],
-            )
-            .map_err(database("raising actionFailed"))?;
+        let dead = rules::DeadAction {
+            id,
+            event_id,
+            action: &action,
+            // No event (pruned by hand?) tells nothing of its source: raise nothing.
+            event_source: source.as_deref().unwrap_or("internal"),
+        };
+        let Some(raised) = rules::action_failed(&dead, attempt, now) else {
+            return Ok(false);
+        };
+        insert_internal(transaction, &raised)?;
         Ok(true)
     }
 
@@ -244,20 +191,33 @@ impl SqliteStore {
     pub(super) fn write_requeue(&self, id: Option<&str>) -> Result<usize, StoreError> {
         let mut writer = self.writer();
         let transaction = begin(&mut writer)?;
-        // A dead platform task gave its budget unit back; queued again, it takes it again
-        // (the operator's explicit retry may exceed the budget).
-        transaction
-            .execute(
-                "WITH requeued AS (
-                    SELECT json_extract(payload, '$.device_id') AS device,
-                           json_extract(payload, '$.target_version') AS version
-                    FROM actions WHERE status = 'dead' AND kind = 'platform' AND (?1 IS NULL OR id = ?1))
-                 UPDATE upgrade_budget SET retries = retries + (SELECT count(*) FROM requeued
-                    WHERE device = upgrade_budget.device_id AND version = upgrade_budget.target_version)
-                 WHERE (device_id, target_version) IN (SELECT device, version FROM requeued)",
-                params![id],
+        // A dead platform task gave its budget unit back; queued again, it takes it again.
+        let payloads: Vec<String> = transaction
+            .prepare(
+                "SELECT payload FROM actions WHERE status = 'dead' AND (?1 IS NULL OR id = ?1)",
             )
-            .map_err(database("taking the upgrade budget back for re-queued tasks"))?;
+            .and_then(|mut statement| {
+                statement
+                    .query_map(params![id], |row| row.get(0))?
+                    .collect()
+            })
+            .map_err(database("reading the dead letters to re-queue"))?;
+        for payload in payloads {
+            let action: Action = serde_json::from_str(&payload).map_err(|e| {
+                StoreError::Damaged(format!("a dead letter has an unreadable payload: {e}"))
+            })?;
+            if let Some((device_id, target_version)) = rules::budget_taken(&action) {
+                transaction
+                    .execute(
+                        "UPDATE upgrade_budget SET retries = retries + 1
+                         WHERE device_id = ?1 AND target_version = ?2",
+                        [device_id, target_version],
+                    )
+                    .map_err(database(
+                        "taking the upgrade budget back for a re-queued task",
+                    ))?;
+            }
+        }
         let requeued = transaction
             .execute(
                 "UPDATE actions SET status = 'pending', attempts = 0, due_at = ?2
@@ -287,40 +247,92 @@ impl SqliteStore {
     }
 }
 
-/// Ends an action without sending it: `dead` or `skipped`, with the attempt's error.
+/// Ends an action without sending it: `dead` or `skipped`, with the attempt's error. False
+/// when the claim no longer holds (nothing is recorded then).
 fn finish(
     transaction: &Transaction<'_>,
-    id: &str,
+    claim: &ActionClaim,
     status: &str,
     attempt: &Attempt,
-) -> Result<(), StoreError> {
-    execute_cached(
+) -> Result<bool, StoreError> {
+    let updated = execute_cached(
         transaction,
-        "UPDATE actions SET status = ?2, attempts = ?3, last_error = ?4 WHERE id = ?1",
-        params![id, status, attempt.number, attempt.error],
+        "UPDATE actions SET status = ?2, attempts = ?3, last_error = ?4, claimed_by = NULL,
+         lease_until = NULL WHERE id = ?1 AND claimed_by = ?5",
+        params![
+            claim.id,
+            status,
+            attempt.number,
+            attempt.error,
+            claim.by.as_str()
+        ],
     )
     .map_err(database("ending an action"))?;
-    insert_attempt(transaction, id, attempt)
+    record_attempt_if_held(transaction, claim, updated, attempt)?;
+    Ok(updated == 1)
+}
+
+/// Records `attempt` if the update before it found the claim (`updated` rows); a claimer
+/// whose lease ended and whose action another claimer took records nothing.
+fn record_attempt_if_held(
+    transaction: &Transaction<'_>,
+    claim: &ActionClaim,
+    updated: usize,
+    attempt: &Attempt,
+) -> Result<(), StoreError> {
+    if updated == 0 {
+        tracing::warn!(action_id = %claim.id, claimer = %claim.by, "a delivery result came after its claim ended; another claimer has the action");
+        return Ok(());
+    }
+    insert_attempt(transaction, &claim.id, attempt)
 }
 
 /// A dead platform task was never created, so its retry does not count against the device's
 /// budget (never below zero, should the window have restarted meanwhile).
-fn give_budget_back(transaction: &Transaction<'_>, id: &str) -> Result<(), StoreError> {
-    transaction
-        .execute(
-            "UPDATE upgrade_budget SET retries = max(retries - 1, 0)
-             WHERE (device_id, target_version) IN (
-                SELECT json_extract(payload, '$.device_id'), json_extract(payload, '$.target_version')
-                FROM actions WHERE id = ?1 AND kind = 'platform')",
-            [id],
-        )
-        .map_err(database("giving a retry back to the upgrade budget"))?;
+fn give_budget_back(
+    transaction: &Transaction<'_>,
+    device_id: &str,
+    target_version: &str,
+) -> Result<(), StoreError> {
+    execute_cached(
+        transaction,
+        "UPDATE upgrade_budget SET retries = max(retries - 1, 0)
+         WHERE device_id = ?1 AND target_version = ?2",
+        [device_id, target_version],
+    )
+    .map_err(database("giving a retry back to the upgrade budget"))?;
     Ok(())
 }
 
-/// A due action as read, before its payload is parsed.
-struct PendingRow {
-    id: String,
+/// Stores an event the store raised itself.
+fn insert_internal(transaction: &Transaction<'_>, event: &InternalEvent) -> Result<(), StoreError> {
+    let seq = next_seq(transaction)?;
+    transaction
+        .execute(
+            "INSERT INTO events (seq, id, received_at, path, remote_addr, notify_type, device_id,
+             body, body_hash, hash64, warnings, source)
+             VALUES (?1, ?2, ?3, '', NULL, ?4, NULL, ?5, ?6, ?7, '[]', 'internal')",
+            params![
+                seq,
+                EventId::from_parts(event.received_at, seq).to_string(),
+                event.received_at.0,
+                event.notify_type,
+                event.body,
+                &event.hash[..],
+                hash64(&event.hash)
+            ],
+        )
+        .map_err(database("raising an internal event"))?;
+    Ok(())
+}
+
+/// The columns [`pending_row`] reads, in its order.
+pub(super) const PENDING_COLUMNS: &str = "id, event_id, destination, payload, idempotency_key,
+    created_at, attempts, in_flight_at, claimed_by";
+
+/// A claimed action as read, before its payload is parsed.
+pub(super) struct PendingRow {
+    pub(super) id: String,
     event_id: String,
     destination: String,
     payload: String,
@@ -328,9 +340,10 @@ struct PendingRow {
     created_at: i64,
     attempts: u32,
     in_flight_at: Option<i64>,
+    claimed_by: String,
 }
 
-fn pending_row(row: &Row<'_>) -> rusqlite::Result<PendingRow> {
+pub(super) fn pending_row(row: &Row<'_>) -> rusqlite::Result<PendingRow> {
     Ok(PendingRow {
         id: row.get(0)?,
         event_id: row.get(1)?,
@@ -340,16 +353,18 @@ fn pending_row(row: &Row<'_>) -> rusqlite::Result<PendingRow> {
         created_at: row.get(5)?,
         attempts: row.get(6)?,
         in_flight_at: row.get(7)?,
+        claimed_by: row.get(8)?,
     })
 }
 
 impl PendingRow {
-    fn into_action(self) -> Result<PendingAction, StoreError> {
+    pub(super) fn into_action(self) -> Result<PendingAction, StoreError> {
         let action: Action = serde_json::from_str(&self.payload).map_err(|e| {
             StoreError::Damaged(format!("action {} has an unreadable payload: {e}", self.id))
         })?;
         Ok(PendingAction {
             id: self.id,
+            claimed_by: Claimer::named(&self.claimed_by),
             event_id: self.event_id,
             destination: self.destination,
             action,
@@ -377,7 +392,7 @@ fn insert_attempt(
                 attempt.number,
                 attempt.at.0,
                 attempt.duration_ms as i64,
-                attempt.outcome,
+                attempt.outcome.as_str(),
                 attempt.error
             ])
         })
@@ -402,7 +417,13 @@ pub(super) fn attempts_of(
                         number: row.get(0)?,
                         at: Millis(row.get(1)?),
                         duration_ms: row.get::<_, i64>(2)? as u64,
-                        outcome: row.get(3)?,
+                        outcome: row.get::<_, String>(3)?.parse().map_err(|e: String| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                3,
+                                rusqlite::types::Type::Text,
+                                e.into(),
+                            )
+                        })?,
                         error: row.get(4)?,
                     })
                 })?

@@ -217,28 +217,45 @@ fn first_copy(
 ) -> Result<Option<EventId>, StoreError> {
     let recall = memory.recall(hash, event.received_at);
     if let Some(seq) = recall.candidate {
-        let confirmed = stored_copy(
-            transaction,
-            Some(seq),
-            (recall.window_start, Millis(i64::MAX)),
-            hash,
-            event,
-        )?;
+        let confirmed = candidate_copy(transaction, seq, recall.window_start, hash, event)?;
         if confirmed.is_some() {
             return Ok(confirmed);
         }
     }
     match recall.forgotten {
-        Some(stretch) => stored_copy(transaction, None, stretch, hash, event),
+        Some(stretch) => stored_copy(transaction, stretch, hash, event),
         None => Ok(None),
     }
 }
 
-/// The newest copy of `event` stored as `seq` (any seq if `None`) and received in
-/// (from, until].
+/// The event stored as `seq`, if it is a copy of `event` received after `window_start`: one
+/// lookup by the table's key, so that a re-pushed notification costs no more than a new one.
+fn candidate_copy(
+    transaction: &Transaction<'_>,
+    seq: i64,
+    window_start: Millis,
+    hash: i64,
+    event: &NewEvent,
+) -> Result<Option<EventId>, StoreError> {
+    let received_at: Option<i64> = transaction
+        .prepare_cached(
+            "SELECT received_at FROM events
+             WHERE seq = ?1 AND received_at > ?2 AND hash64 = ?3 AND body_hash = ?4",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![seq, window_start.0, hash, &event.hash[..]], |row| {
+                    row.get(0)
+                })
+                .optional()
+        })
+        .map_err(database("confirming a duplicate"))?;
+    Ok(received_at.map(|at| EventId::from_parts(Millis(at), seq)))
+}
+
+/// The newest copy of `event` received in (from, until], found through the (time, hash) index.
 fn stored_copy(
     transaction: &Transaction<'_>,
-    seq: Option<i64>,
     (from, until): (Millis, Millis),
     hash: i64,
     event: &NewEvent,
@@ -246,16 +263,14 @@ fn stored_copy(
     let found: Option<(i64, i64)> = transaction
         .prepare_cached(
             "SELECT seq, received_at FROM events
-             WHERE (?1 IS NULL OR seq = ?1) AND received_at > ?2 AND received_at <= ?3
-             AND hash64 = ?4 AND body_hash = ?5
+             WHERE received_at > ?1 AND received_at <= ?2 AND hash64 = ?3 AND body_hash = ?4
              ORDER BY received_at DESC LIMIT 1",
         )
         .and_then(|mut statement| {
             statement
-                .query_row(
-                    params![seq, from.0, until.0, hash, &event.hash[..]],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
+                .query_row(params![from.0, until.0, hash, &event.hash[..]], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
                 .optional()
         })
         .map_err(database("looking for duplicates"))?;
@@ -412,6 +427,7 @@ mod tests {
             plugins: Vec::new(),
             actions: Vec::new(),
             replayed_from: None,
+            claimed_by: None,
         };
         let changes = StateChanges::default();
         let written = store.write_group(&WriteGroup {
@@ -459,6 +475,7 @@ mod tests {
             plugins: Vec::new(),
             actions: Vec::new(),
             replayed_from: None,
+            claimed_by: None,
         };
         let outcomes = [handled(ids[0]), handled(ids[2])];
         store

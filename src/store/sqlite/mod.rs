@@ -7,6 +7,7 @@
 //! script state never waits behind a group commit. The files below hold the queries by stage.
 
 mod checkpoint;
+mod claims;
 mod dedup;
 mod delivery;
 mod intake;
@@ -14,7 +15,6 @@ mod outcomes;
 mod queries;
 mod schema;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,9 +23,9 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use ulid::{Generator, Ulid};
 
 use super::{
-    Appended, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome, EventSummary,
-    GroupWritten, NewEvent, OutcomeBatch, PendingAction, Pruned, RejectedBody, Store, StoreError,
-    StoredEvent, WriteGroup, write_separately,
+    Appended, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome,
+    EventSummary, GroupWritten, NewEvent, OutcomeBatch, PendingAction, Pruned, RejectedBody, Store,
+    StoreError, StoredEvent, WriteGroup, write_separately,
 };
 use crate::config::StoreConfig;
 use crate::model::state::StateChanges;
@@ -47,12 +47,17 @@ pub struct SqliteStore {
     dedup_capacity: usize,
     dedup_window: Duration,
     rejected_max_count: u64,
+    /// How long a claim holds.
+    lease: Duration,
     /// Set for the server's store: checkpoints run on their own thread.
     checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 fn database(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Database { context, source }
+    move |source| StoreError::Database {
+        context,
+        source: Box::new(source),
+    }
 }
 
 /// A poisoned lock is safe to reuse here: a panic while holding it leaves SQLite consistent,
@@ -105,6 +110,7 @@ impl SqliteStore {
             checkpointer: None,
             dedup_window: config.dedup_window,
             rejected_max_count: config.rejected_max_count,
+            lease: config.lease,
         })
     }
 
@@ -232,8 +238,17 @@ impl Store for SqliteStore {
         self.read_stored(id)
     }
 
-    fn pending_events(&self, after_seq: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read_pending(after_seq, limit)
+    fn claim_events(
+        &self,
+        by: &Claimer,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.claim_events_for(by, limit, now)
+    }
+
+    fn release_stale_claims(&self) -> Result<(), StoreError> {
+        self.release_all_claims()
     }
 
     fn record_outcomes(
@@ -253,14 +268,14 @@ impl Store for SqliteStore {
         self.read_due_destinations(now)
     }
 
-    fn due_actions(
+    fn claim_due_actions(
         &self,
         destination: &str,
-        now: Millis,
+        by: &Claimer,
         limit: usize,
-        skip: &HashSet<String>,
+        now: Millis,
     ) -> Result<Vec<PendingAction>, StoreError> {
-        self.read_due_actions(destination, now, limit, skip)
+        self.claim_actions_for(destination, by, limit, now)
     }
 
     fn next_due(&self) -> Result<Option<Millis>, StoreError> {
@@ -287,7 +302,13 @@ impl Store for SqliteStore {
     /// failure fails only it.
     fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
         write_together(self, group).unwrap_or_else(|error| {
-            tracing::warn!(%error, "a write group failed; storing its parts one by one");
+            // A batch that read changed state is refused by design: not worth a warning.
+            match error {
+                StoreError::StateConflict => {
+                    tracing::debug!(%error, "a write group failed; storing its parts one by one")
+                }
+                _ => tracing::warn!(%error, "a write group failed; storing its parts one by one"),
+            }
             write_separately(self, group)
         })
     }

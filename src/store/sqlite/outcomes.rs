@@ -1,36 +1,15 @@
 //! What the script stage reads and writes: pending events, committed script state, and the
 //! outcome transaction (event status, plugin runs, actions, state changes) that must be atomic.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::queries::{STORED_COLUMNS, StoredRow, stored_row};
 use super::{SqliteStore, database};
 use crate::action::Action;
 use crate::model::Millis;
 use crate::model::state::{StateChanges, StateError, StateView};
-use crate::store::{EventOutcome, OutcomeBatch, StoreError, StoredEvent};
+use crate::store::{EventOutcome, OutcomeBatch, StoreError, check_reads};
 
 impl SqliteStore {
-    pub(super) fn read_pending(
-        &self,
-        after_seq: i64,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let reader = self.reader();
-        let rows: Vec<StoredRow> = reader
-            .prepare_cached(&format!(
-                "SELECT {STORED_COLUMNS} FROM events WHERE status = 'pending' AND seq > ?1
-                 ORDER BY seq LIMIT ?2"
-            ))
-            .and_then(|mut statement| {
-                statement
-                    .query_map(params![after_seq, limit as i64], stored_row)?
-                    .collect()
-            })
-            .map_err(database("reading pending events"))?;
-        rows.into_iter().map(StoredRow::into_event).collect()
-    }
-
     /// Records a script batch within `transaction`: outcomes, their actions, state changes.
     pub(super) fn outcomes_in(
         &self,
@@ -38,6 +17,7 @@ impl SqliteStore {
         batch: &OutcomeBatch<'_>,
         now: Millis,
     ) -> Result<(), StoreError> {
+        check_reads(batch.changes, &InTransaction(transaction))?;
         for outcome in batch.outcomes {
             record_event_outcome(transaction, outcome, now)?;
             for action in &outcome.actions {
@@ -58,14 +38,18 @@ fn record_event_outcome(
     let plugins = serde_json::to_string(&outcome.plugins).expect("plugin runs serialise");
     let seq = outcome.event_id.seq();
     let updated = match outcome.replayed_from {
-        None => transaction
-            .prepare_cached(
-                "UPDATE events SET status = ?2, error = ?3, handled_at = ?4, plugins = ?5
-                 WHERE seq = ?1",
-            )
-            .and_then(|mut statement| {
-                statement.execute(params![seq, outcome.status.as_str(), outcome.error, now.0, plugins])
-            }),
+        // Only while the event is pending and its claim (if it was run under one) holds.
+        None => release_claim(transaction, seq, outcome).and_then(|held| match held {
+            false => Ok(0),
+            true => transaction
+                .prepare_cached(
+                    "UPDATE events SET status = ?2, error = ?3, handled_at = ?4, plugins = ?5
+                     WHERE seq = ?1 AND status = 'pending'",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![seq, outcome.status.as_str(), outcome.error, now.0, plugins])
+                }),
+        }),
         Some(_) => transaction
             .prepare_cached(
                 "UPDATE events SET plugins = (SELECT json_group_array(json(value)) FROM
@@ -74,8 +58,25 @@ fn record_event_outcome(
             )
             .and_then(|mut statement| statement.execute(params![seq, plugins])),
     };
-    updated.map_err(database("recording an event's outcome"))?;
-    Ok(())
+    match updated.map_err(database("recording an event's outcome"))? {
+        0 if outcome.replayed_from.is_none() => Err(StoreError::ClaimLost(outcome.event_id)),
+        _ => Ok(()),
+    }
+}
+
+/// Ends the event's claim; false if the outcome was run under a claim that no longer holds.
+fn release_claim(
+    transaction: &Transaction<'_>,
+    seq: i64,
+    outcome: &EventOutcome,
+) -> rusqlite::Result<bool> {
+    let claim = outcome.claimed_by.as_ref().map(|by| by.as_str());
+    let released = transaction
+        .prepare_cached(
+            "DELETE FROM event_claims WHERE seq = ?1 AND (?2 IS NULL OR claimed_by = ?2)",
+        )?
+        .execute(params![seq, claim])?;
+    Ok(released == 1 || claim.is_none())
 }
 
 fn insert_action(
@@ -170,25 +171,11 @@ fn state_error(error: rusqlite::Error) -> StateError {
 
 impl StateView for SqliteStore {
     fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
-        let reader = self.reader();
-        let mut statement = reader
-            .prepare_cached("SELECT recorded_at FROM seen WHERE key = ?1")
-            .map_err(state_error)?;
-        statement
-            .query_row([key], |row| Ok(Millis(row.get(0)?)))
-            .optional()
-            .map_err(state_error)
+        seen_at(&self.reader(), key)
     }
 
     fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
-        let reader = self.reader();
-        let mut statement = reader
-            .prepare_cached("SELECT value, window_start FROM counters WHERE key = ?1")
-            .map_err(state_error)?;
-        statement
-            .query_row([key], |row| Ok((row.get(0)?, Millis(row.get(1)?))))
-            .optional()
-            .map_err(state_error)
+        counter(&self.reader(), key)
     }
 
     fn budget(
@@ -196,17 +183,68 @@ impl StateView for SqliteStore {
         device_id: &str,
         target_version: &str,
     ) -> Result<Option<(i64, Millis)>, StateError> {
-        let reader = self.reader();
-        let mut statement = reader
-            .prepare_cached(
-                "SELECT retries, window_start FROM upgrade_budget WHERE device_id = ?1 AND target_version = ?2",
-            )
-            .map_err(state_error)?;
-        statement
-            .query_row([device_id, target_version], |row| {
-                Ok((row.get(0)?, Millis(row.get(1)?)))
-            })
-            .optional()
-            .map_err(state_error)
+        budget(&self.reader(), device_id, target_version)
     }
+}
+
+/// Committed state as a write transaction sees it, for the commit's check of a batch's reads.
+struct InTransaction<'a>(&'a Transaction<'a>);
+
+impl StateView for InTransaction<'_> {
+    fn seen_at(&self, key: &str) -> Result<Option<Millis>, StateError> {
+        seen_at(self.0, key)
+    }
+
+    fn counter(&self, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
+        counter(self.0, key)
+    }
+
+    fn budget(
+        &self,
+        device_id: &str,
+        target_version: &str,
+    ) -> Result<Option<(i64, Millis)>, StateError> {
+        budget(self.0, device_id, target_version)
+    }
+}
+
+fn seen_at(connection: &Connection, key: &str) -> Result<Option<Millis>, StateError> {
+    connection
+        .prepare_cached("SELECT recorded_at FROM seen WHERE key = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row([key], |row| Ok(Millis(row.get(0)?)))
+                .optional()
+        })
+        .map_err(state_error)
+}
+
+fn counter(connection: &Connection, key: &str) -> Result<Option<(i64, Millis)>, StateError> {
+    connection
+        .prepare_cached("SELECT value, window_start FROM counters WHERE key = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row([key], |row| Ok((row.get(0)?, Millis(row.get(1)?))))
+                .optional()
+        })
+        .map_err(state_error)
+}
+
+fn budget(
+    connection: &Connection,
+    device_id: &str,
+    target_version: &str,
+) -> Result<Option<(i64, Millis)>, StateError> {
+    connection
+        .prepare_cached(
+            "SELECT retries, window_start FROM upgrade_budget WHERE device_id = ?1 AND target_version = ?2",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row([device_id, target_version], |row| {
+                    Ok((row.get(0)?, Millis(row.get(1)?)))
+                })
+                .optional()
+        })
+        .map_err(state_error)
 }

@@ -4,6 +4,7 @@
 
 use rusqlite::Connection;
 
+use super::database;
 use crate::store::StoreError;
 
 /// Each entry upgrades the schema by one version; append, never edit.
@@ -101,11 +102,21 @@ const MIGRATIONS: &[&str] = &[
     // idempotency key, so an action with this set is looked for at the platform before it is
     // created again.
     "ALTER TABLE actions ADD COLUMN in_flight_at INTEGER;",
+    // 5: claims. A pending event or action may be held by one claimer until its lease ends.
+    // Event claims are a table of their own: a claim then writes a few small rows, not again
+    // the pages of the events (bodies and all) that the outcome is about to rewrite. Only
+    // pending actions carry a claim, so releasing them goes through the partial index.
+    "CREATE TABLE event_claims (
+        seq INTEGER PRIMARY KEY,
+        claimed_by TEXT NOT NULL,
+        lease_until INTEGER NOT NULL
+    );
+    ALTER TABLE actions ADD COLUMN claimed_by TEXT;
+    ALTER TABLE actions ADD COLUMN lease_until INTEGER;",
 ];
 
 /// Brings the schema up to date.
 pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
-    let database = |context| move |source| StoreError::Database { context, source };
     let known = MIGRATIONS.len() as i64;
     let found: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))

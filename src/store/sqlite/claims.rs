@@ -1,0 +1,214 @@
+//! Claims on events and actions (see [`crate::store::Claimer`]). A claim need not survive a
+//! crash: a lost claim only makes its row claimable again. So a claim commits without waiting
+//! for the disk, and the next durable commit makes it durable along with everything before it.
+
+use std::collections::HashSet;
+
+use rusqlite::{Transaction, params};
+
+use super::delivery::{PENDING_COLUMNS, pending_row};
+use super::queries::{STORED_COLUMNS, stored_row};
+use super::{SqliteStore, begin, database, execute_cached};
+use crate::model::Millis;
+use crate::store::{Claimer, PendingAction, StoreError, StoredEvent};
+
+/// How many of the oldest pending events a claim looks at per event it may take: enough to
+/// find work past the devices other claimers hold, few enough to stay a short read.
+const WINDOW_PER_EVENT: usize = 4;
+
+impl SqliteStore {
+    pub(super) fn claim_events_for(
+        &self,
+        by: &Claimer,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let lease_until = now.0.saturating_add(self.lease.as_millis() as i64);
+        self.claim_write(|transaction| {
+            let window: Vec<WindowRow> = transaction
+                .prepare_cached(
+                    "SELECT events.seq, events.device_id, event_claims.claimed_by,
+                     event_claims.lease_until FROM events
+                     LEFT JOIN event_claims ON event_claims.seq = events.seq
+                     WHERE events.status = 'pending' ORDER BY events.seq LIMIT ?1",
+                )
+                .and_then(|mut statement| {
+                    let rows = limit.saturating_mul(WINDOW_PER_EVENT) as i64;
+                    statement
+                        .query_map([rows], |row| {
+                            Ok(WindowRow {
+                                seq: row.get(0)?,
+                                device_id: row.get(1)?,
+                                claimed_by: row.get(2)?,
+                                lease_until: row.get(3)?,
+                            })
+                        })?
+                        .collect()
+                })
+                .map_err(database("finding events to claim"))?;
+            let mut claimed = Vec::new();
+            for seq in claimable(&window, by.as_str(), now, limit) {
+                execute_cached(
+                    transaction,
+                    "INSERT INTO event_claims (seq, claimed_by, lease_until) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (seq) DO UPDATE SET claimed_by = excluded.claimed_by,
+                     lease_until = excluded.lease_until",
+                    params![seq, by.as_str(), lease_until],
+                )
+                .map_err(database("claiming an event"))?;
+                let row = transaction
+                    .prepare_cached(&format!(
+                        "SELECT {STORED_COLUMNS} FROM events WHERE seq = ?1"
+                    ))
+                    .and_then(|mut statement| statement.query_row([seq], stored_row))
+                    .map_err(database("reading a claimed event"))?;
+                claimed.push(row.into_event()?);
+            }
+            Ok(claimed)
+        })
+    }
+
+    pub(super) fn claim_actions_for(
+        &self,
+        destination: &str,
+        by: &Claimer,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<PendingAction>, StoreError> {
+        let lease_until = now.0.saturating_add(self.lease.as_millis() as i64);
+        let mut rows = self.claim_write(|transaction| {
+            transaction
+                .prepare_cached(&format!(
+                    "UPDATE actions SET claimed_by = ?1, lease_until = ?2 WHERE id IN (
+                        SELECT id FROM actions WHERE status = 'pending' AND destination = ?3
+                        AND due_at <= ?4 AND (claimed_by IS NULL OR lease_until <= ?4)
+                        ORDER BY due_at LIMIT ?5)
+                     RETURNING {PENDING_COLUMNS}, due_at"
+                ))
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(
+                            params![by.as_str(), lease_until, destination, now.0, limit as i64],
+                            |row| Ok((pending_row(row)?, row.get::<_, i64>(9)?)),
+                        )?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(database("claiming due actions"))
+        })?;
+        // RETURNING keeps no order.
+        rows.sort_by(|(a, a_due), (b, b_due)| a_due.cmp(b_due).then_with(|| a.id.cmp(&b.id)));
+        rows.into_iter().map(|(row, _)| row.into_action()).collect()
+    }
+
+    /// The embedded store serves one instance: when it starts, every claim is a stopped
+    /// process's.
+    pub(super) fn release_all_claims(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        let transaction = begin(&mut writer)?;
+        for sql in [
+            "DELETE FROM event_claims",
+            "UPDATE actions SET claimed_by = NULL, lease_until = NULL
+             WHERE status = 'pending' AND claimed_by IS NOT NULL",
+        ] {
+            transaction
+                .execute(sql, [])
+                .map_err(database("releasing a stopped server's claims"))?;
+        }
+        transaction
+            .commit()
+            .map_err(database("committing the release of claims"))
+    }
+
+    /// Runs `claim` in a write transaction that commits without an fsync.
+    fn claim_write<T>(
+        &self,
+        claim: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut writer = self.writer();
+        writer
+            .pragma_update(None, "synchronous", "OFF")
+            .map_err(database("preparing a claim"))?;
+        let claimed = begin(&mut writer).and_then(|transaction| {
+            let claimed = claim(&transaction)?;
+            transaction
+                .commit()
+                .map_err(database("committing a claim"))?;
+            Ok(claimed)
+        });
+        // Every other write on this connection must wait for the disk again.
+        writer
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(database("restoring synchronous = FULL after a claim"))?;
+        claimed
+    }
+}
+
+/// One of the oldest pending events, as a claim weighs it.
+struct WindowRow {
+    seq: i64,
+    device_id: Option<String>,
+    claimed_by: Option<String>,
+    lease_until: Option<i64>,
+}
+
+/// The events of `window` (oldest first) that `by` may take: free ones (unclaimed, lease
+/// ended, or already its own), except those whose device has an earlier event it may not take.
+fn claimable(window: &[WindowRow], by: &str, now: Millis, limit: usize) -> Vec<i64> {
+    let mut blocked: HashSet<&str> = HashSet::new();
+    let mut chosen = Vec::new();
+    for row in window {
+        if chosen.len() == limit {
+            break;
+        }
+        let free = match (&row.claimed_by, row.lease_until) {
+            (None, _) => true,
+            (Some(holder), until) => holder == by || until.is_none_or(|until| until <= now.0),
+        };
+        match row.device_id.as_deref() {
+            Some(device) if blocked.contains(device) => {}
+            Some(device) if !free => {
+                blocked.insert(device);
+            }
+            _ if free => chosen.push(row.seq),
+            _ => {}
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: i64, device: Option<&str>, holder: Option<(&str, i64)>) -> WindowRow {
+        WindowRow {
+            seq,
+            device_id: device.map(str::to_owned),
+            claimed_by: holder.map(|(by, _)| by.to_owned()),
+            lease_until: holder.map(|(_, until)| until),
+        }
+    }
+
+    #[test]
+    fn a_device_waits_behind_its_earlier_event_held_elsewhere() {
+        let window = [
+            row(1, Some("a"), Some(("other", 100))),
+            row(2, Some("b"), None),
+            row(3, Some("a"), None),
+            row(4, None, Some(("other", 100))),
+            row(5, None, None),
+            row(6, Some("b"), None),
+        ];
+        assert_eq!(claimable(&window, "me", Millis(50), 10), [2, 5, 6]);
+    }
+
+    #[test]
+    fn an_ended_lease_or_an_own_claim_is_free_and_the_limit_stops_the_scan() {
+        let window = [
+            row(1, Some("a"), Some(("other", 40))),
+            row(2, Some("b"), Some(("me", 100))),
+            row(3, Some("c"), None),
+        ];
+        assert_eq!(claimable(&window, "me", Millis(50), 2), [1, 2]);
+    }
+}

@@ -1,0 +1,44 @@
+//! The store contract (tests/store_contract/cases.rs) on the embedded SQLite store.
+
+#[path = "store_contract/cases.rs"]
+mod cases;
+
+use std::path::Path;
+
+use cases::{Backend, LEASE_MS};
+use notirouter::config::Config;
+use notirouter::store::{self, Opener};
+
+fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[store]\npath = \"{}\"\nlease = \"{LEASE_MS}ms\"\n",
+        dir.path().join("store.db").display()
+    );
+    let config = Config::parse(&text, Path::new("test.toml"), Vec::new()).unwrap();
+    Backend {
+        store: store::open(&config.store, Opener::Server).unwrap(),
+        _keep: Box::new(dir),
+    }
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                cases::$case(sqlite());
+            }
+        )*
+    };
+}
+
+contract!(
+    two_claimers_racing_on_one_event_run_it_once,
+    a_device_waits_behind_its_earlier_event_held_by_another_claimer,
+    an_event_whose_claimer_stalls_past_the_lease_goes_to_another,
+    claimers_share_due_actions_without_overlap,
+    an_action_whose_claimer_stalls_past_the_lease_is_sent_by_another,
+    a_result_ends_the_claim_and_a_retry_is_claimable_when_due,
+    a_batch_whose_state_changed_since_it_was_read_is_refused,
+);

@@ -1,0 +1,360 @@
+//! The store contract: what every backend must do for the stages to be right, written against
+//! the [`Store`] trait alone. A backend's test file supplies [`Backend`] and runs each case.
+//! Times are passed in (`now`), so leases end without sleeping.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Barrier};
+
+use notirouter::action::{Action, ActionSpec, Chat};
+use notirouter::model::state::{Effective, StateChanges, StateView};
+use notirouter::model::{EventId, EventStatus, Millis};
+use notirouter::notification::canonical_hash;
+use notirouter::store::{
+    Appended, Attempt, AttemptOutcome, Claimer, DeliveryUpdate, EventOutcome, NewEvent, Store,
+    StoreError, StoredEvent,
+};
+use serde_json::json;
+
+/// A fresh, empty store whose lease is [`LEASE_MS`], kept alive by `_keep` (e.g. its folder).
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    pub _keep: Box<dyn std::any::Any>,
+}
+
+/// The `store.lease` each backend is opened with.
+pub const LEASE_MS: i64 = 30_000;
+
+const T0: Millis = Millis(1_800_000_000_000);
+
+fn later(ms: i64) -> Millis {
+    Millis(T0.0 + ms)
+}
+
+fn notification(device: &str, n: usize) -> NewEvent {
+    let body = json!({"notifyType": "customAlert", "deviceId": device, "n": n});
+    NewEvent {
+        received_at: T0,
+        path: "/v1.0.0/messageReceiver".to_owned(),
+        remote_addr: None,
+        notify_type: Some("customAlert".to_owned()),
+        device_id: Some(device.to_owned()),
+        body: serde_json::to_vec(&body).unwrap(),
+        hash: canonical_hash(&body),
+        warnings: Vec::new(),
+    }
+}
+
+fn append(store: &dyn Store, events: &[NewEvent]) -> Vec<EventId> {
+    store
+        .append(events, &[])
+        .unwrap()
+        .into_iter()
+        .map(|appended| match appended {
+            Appended::Accepted(id) => id,
+            Appended::Duplicate(id) => panic!("{id} is not a duplicate"),
+        })
+        .collect()
+}
+
+fn handled(event: &StoredEvent, by: &Claimer, actions: Vec<Action>) -> EventOutcome {
+    EventOutcome {
+        event_id: event.id,
+        status: EventStatus::Handled,
+        error: None,
+        plugins: Vec::new(),
+        actions,
+        replayed_from: None,
+        claimed_by: Some(by.clone()),
+    }
+}
+
+fn chat(text: &str) -> Action {
+    Action {
+        spec: ActionSpec::Chat(Chat {
+            channel: "ops".to_owned(),
+            text: Some(text.to_owned()),
+            payload: None,
+        }),
+        plugin: "p.rhai".to_owned(),
+    }
+}
+
+fn ids(events: &[StoredEvent]) -> Vec<EventId> {
+    events.iter().map(|event| event.id).collect()
+}
+
+pub fn two_claimers_racing_on_one_event_run_it_once(backend: Backend) {
+    let store = backend.store;
+    for round in 0..20 {
+        let event = append(&*store, &[notification(&format!("dev-{round}"), round)])[0];
+        let barrier = Arc::new(Barrier::new(2));
+        let claims: Vec<Vec<EventId>> = ["a", "b"]
+            .map(|name| {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    ids(&store.claim_events(&Claimer::named(name), 10, T0).unwrap())
+                })
+            })
+            .map(|thread| thread.join().unwrap())
+            .into_iter()
+            .collect();
+        let all: Vec<EventId> = claims.concat();
+        assert_eq!(all, [event], "round {round}: {claims:?}");
+        // Whoever won records it; the other cannot.
+        let winner = Claimer::named(if claims[0].is_empty() { "b" } else { "a" });
+        let loser = Claimer::named(if claims[0].is_empty() { "a" } else { "b" });
+        let stored = store.stored_event(event).unwrap().unwrap();
+        let changes = StateChanges::default();
+        assert!(
+            store
+                .record_outcomes(&[handled(&stored, &loser, Vec::new())], &changes, T0)
+                .is_err()
+        );
+        store
+            .record_outcomes(&[handled(&stored, &winner, Vec::new())], &changes, T0)
+            .unwrap();
+    }
+}
+
+pub fn a_device_waits_behind_its_earlier_event_held_by_another_claimer(backend: Backend) {
+    let store = backend.store;
+    let appended = append(
+        &*store,
+        &[
+            notification("a", 1),
+            notification("b", 1),
+            notification("a", 2),
+            notification("c", 1),
+        ],
+    );
+    let (first, second) = (Claimer::named("first"), Claimer::named("second"));
+    let taken = store.claim_events(&first, 1, T0).unwrap();
+    assert_eq!(ids(&taken), [appended[0]]);
+    let next = store.claim_events(&second, 10, T0).unwrap();
+    assert_eq!(
+        ids(&next),
+        [appended[1], appended[3]],
+        "a's second event waits for its first"
+    );
+    store
+        .record_outcomes(
+            &[handled(&taken[0], &first, Vec::new())],
+            &StateChanges::default(),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(
+        ids(&store.claim_events(&second, 10, T0).unwrap()),
+        [appended[1], appended[2], appended[3]],
+        "its own claims come back with the event now free"
+    );
+}
+
+pub fn an_event_whose_claimer_stalls_past_the_lease_goes_to_another(backend: Backend) {
+    let store = backend.store;
+    let event = append(&*store, &[notification("a", 1)])[0];
+    let (stalled, next) = (Claimer::named("stalled"), Claimer::named("next"));
+    let taken = store.claim_events(&stalled, 10, T0).unwrap();
+    assert_eq!(ids(&taken), [event]);
+    assert!(
+        store
+            .claim_events(&next, 10, later(LEASE_MS - 1))
+            .unwrap()
+            .is_empty()
+    );
+    let retaken = store.claim_events(&next, 10, later(LEASE_MS)).unwrap();
+    assert_eq!(ids(&retaken), [event]);
+    let changes = StateChanges::default();
+    assert!(
+        store
+            .record_outcomes(&[handled(&taken[0], &stalled, Vec::new())], &changes, T0)
+            .is_err(),
+        "the stalled claimer's outcome is refused"
+    );
+    store
+        .record_outcomes(&[handled(&retaken[0], &next, Vec::new())], &changes, T0)
+        .unwrap();
+}
+
+/// Queues `count` chat actions to `channel:ops`, due at [`T0`].
+fn queue_actions(store: &dyn Store, count: usize) -> BTreeSet<String> {
+    let event = append(store, &[notification("a", 1)])[0];
+    let by = Claimer::named("scripts");
+    let claimed = store.claim_events(&by, 1, T0).unwrap();
+    assert_eq!(ids(&claimed), [event]);
+    let actions = (0..count).map(|n| chat(&format!("message {n}"))).collect();
+    store
+        .record_outcomes(
+            &[handled(&claimed[0], &by, actions)],
+            &StateChanges::default(),
+            T0,
+        )
+        .unwrap();
+    let detail = store.event(event).unwrap().unwrap();
+    detail.actions.iter().map(|a| a.id.clone()).collect()
+}
+
+fn sent(number: u32, at: Millis) -> Attempt {
+    Attempt {
+        number,
+        at,
+        duration_ms: 1,
+        outcome: AttemptOutcome::Sent,
+        error: None,
+    }
+}
+
+pub fn claimers_share_due_actions_without_overlap(backend: Backend) {
+    let store = backend.store;
+    let queued = queue_actions(&*store, 5);
+    let (a, b) = (Claimer::named("a"), Claimer::named("b"));
+    let first = store.claim_due_actions("channel:ops", &a, 3, T0).unwrap();
+    let second = store.claim_due_actions("channel:ops", &b, 10, T0).unwrap();
+    let mut seen: Vec<String> = first.iter().chain(&second).map(|p| p.id.clone()).collect();
+    assert_eq!((first.len(), second.len()), (3, 2));
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), queued);
+    assert!(
+        store
+            .claim_due_actions("channel:ops", &a, 10, T0)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub fn an_action_whose_claimer_stalls_past_the_lease_is_sent_by_another(backend: Backend) {
+    let store = backend.store;
+    let queued = queue_actions(&*store, 1);
+    let (stalled, next) = (Claimer::named("stalled"), Claimer::named("next"));
+    let taken = store
+        .claim_due_actions("channel:ops", &stalled, 10, T0)
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(
+        store
+            .claim_due_actions("channel:ops", &next, 10, later(LEASE_MS - 1))
+            .unwrap()
+            .is_empty()
+    );
+    let retaken = store
+        .claim_due_actions("channel:ops", &next, 10, later(LEASE_MS))
+        .unwrap();
+    assert_eq!(
+        retaken
+            .iter()
+            .map(|p| p.id.clone())
+            .collect::<BTreeSet<_>>(),
+        queued
+    );
+    assert_eq!(retaken[0].idempotency_key, taken[0].idempotency_key);
+    // The stalled claimer's late result is ignored; the new claimer's counts.
+    let late = DeliveryUpdate::Sent {
+        claim: taken[0].claim(),
+        attempt: sent(1, later(LEASE_MS + 5)),
+        result: Some("late".to_owned()),
+    };
+    let current = DeliveryUpdate::Sent {
+        claim: retaken[0].claim(),
+        attempt: sent(1, later(LEASE_MS + 10)),
+        result: Some("current".to_owned()),
+    };
+    store
+        .record_deliveries(&[late], later(LEASE_MS + 5))
+        .unwrap();
+    store
+        .record_deliveries(&[current], later(LEASE_MS + 10))
+        .unwrap();
+    let event = retaken[0].event_id.parse().unwrap();
+    let detail = store.event(event).unwrap().unwrap();
+    let action = &detail.actions[0];
+    assert_eq!(
+        (action.status.as_str(), action.result.as_deref()),
+        ("sent", Some("current"))
+    );
+    assert_eq!(action.attempt_log.len(), 1, "{action:?}");
+}
+
+pub fn a_result_ends_the_claim_and_a_retry_is_claimable_when_due(backend: Backend) {
+    let store = backend.store;
+    queue_actions(&*store, 1);
+    let by = Claimer::named("a");
+    let taken = store.claim_due_actions("channel:ops", &by, 10, T0).unwrap();
+    let retry = DeliveryUpdate::Retry {
+        claim: taken[0].claim(),
+        attempt: Attempt {
+            outcome: AttemptOutcome::Retry,
+            error: Some("503".to_owned()),
+            ..sent(1, T0)
+        },
+        due_at: later(3_000),
+    };
+    store.record_deliveries(&[retry], T0).unwrap();
+    let other = Claimer::named("b");
+    assert!(
+        store
+            .claim_due_actions("channel:ops", &other, 10, later(2_999))
+            .unwrap()
+            .is_empty(),
+        "not before its due time"
+    );
+    let again = store
+        .claim_due_actions("channel:ops", &other, 10, later(3_000))
+        .unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 1));
+}
+
+/// Runs `seen("first failure", 1h)` against the committed state, as a plugin would.
+fn seen_first_failure(store: &dyn Store, changes: &mut StateChanges) -> bool {
+    let committed: &dyn StateView = store;
+    let mut state = Effective {
+        committed,
+        changes,
+        now: T0,
+    };
+    state
+        .seen("first failure", std::time::Duration::from_secs(3600))
+        .unwrap()
+}
+
+pub fn a_batch_whose_state_changed_since_it_was_read_is_refused(backend: Backend) {
+    let store = backend.store;
+    append(&*store, &[notification("a", 1), notification("b", 1)]);
+    let (a, b) = (Claimer::named("a"), Claimer::named("b"));
+    let first = store.claim_events(&a, 1, T0).unwrap();
+    let second = store.claim_events(&b, 1, T0).unwrap();
+    let (mut first_changes, mut second_changes) =
+        (StateChanges::default(), StateChanges::default());
+    assert!(!seen_first_failure(&*store, &mut first_changes));
+    assert!(
+        !seen_first_failure(&*store, &mut second_changes),
+        "both read it unseen"
+    );
+    store
+        .record_outcomes(
+            &[handled(&first[0], &a, vec![chat("first")])],
+            &first_changes,
+            T0,
+        )
+        .unwrap();
+    let refused = store.record_outcomes(
+        &[handled(&second[0], &b, vec![chat("also first")])],
+        &second_changes,
+        T0,
+    );
+    assert!(
+        matches!(refused, Err(StoreError::StateConflict)),
+        "{refused:?}"
+    );
+    // Run again on the state as it is now, it sees the key and queues nothing.
+    let mut again = StateChanges::default();
+    assert!(seen_first_failure(&*store, &mut again));
+    let retaken = store.claim_events(&b, 1, T0).unwrap();
+    assert_eq!(ids(&retaken), ids(&second));
+    store
+        .record_outcomes(&[handled(&retaken[0], &b, Vec::new())], &again, T0)
+        .unwrap();
+    let queued = store.event(second[0].id).unwrap().unwrap().actions;
+    assert!(queued.is_empty(), "{queued:?}");
+}
