@@ -101,6 +101,9 @@ const MIGRATIONS: &[&str] = &[
     // idempotency key, so an action with this set is looked for at the platform before it is
     // created again.
     "ALTER TABLE actions ADD COLUMN in_flight_at INTEGER;",
+    // 5: the dashboard reads platform actions (upgrade retries, tasks created) in the order
+    // they were queued; only platform actions are indexed, and at the end of the index.
+    "CREATE INDEX actions_platform ON actions (created_at, id) WHERE kind = 'platform';",
 ];
 
 /// Brings the schema up to date.
