@@ -207,6 +207,13 @@ async fn campaign(
             @if retries.is_empty() {
                 p.empty { "No retry was queued for this campaign." }
             } @else {
+                @let outcome = retry_outcomes(&retries);
+                p #retry-outcome {
+                    (retries.len()) " retries queued; the retried devices now: "
+                    (outcome[0]) " succeeded, " (outcome[1]) " failed, " (outcome[2]) " without a result."
+                }
+                details {
+                summary { "Each retry" }
                 table {
                     thead { tr { th { "Device" } th { "Queued" } th { "Retry action" } th { "Device now" } } }
                     tbody {
@@ -219,6 +226,7 @@ async fn campaign(
                             }
                         }
                     }
+                }
                 }
             }
         }
@@ -255,6 +263,20 @@ async fn campaign(
             }
         }
     }))
+}
+
+/// Retries by where their device stands now: succeeded, failed, no result yet.
+fn retry_outcomes(retries: &[(Retry, Option<DeviceRecord>)]) -> [usize; 3] {
+    let mut outcome = [0; 3];
+    for (_, record) in retries {
+        let slot = match record.as_ref().map(|record| record.status) {
+            Some(DeviceStatus::Succeeded) => 0,
+            Some(DeviceStatus::Failed) => 1,
+            Some(DeviceStatus::InProgress) | None => 2,
+        };
+        outcome[slot] += 1;
+    }
+    outcome
 }
 
 async fn devices_csv(
