@@ -91,7 +91,7 @@ pub async fn serve_with_store(
     let endpoints = http::Endpoints::prepare(&config.server, listener)?;
     let dashboard = match config.ui.enabled {
         true => Some(http::DashboardMount::prepare(
-            ui::Dashboard::new(Arc::clone(&store)),
+            ui::Dashboard::new(Arc::clone(&store), &config),
             config.ui.listen,
         )?),
         false => None,

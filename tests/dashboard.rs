@@ -356,3 +356,86 @@ fn a_page_form_without_its_csrf_token_changes_nothing() {
     assert!(posted.text().contains("dropped"), "{}", posted.text());
     assert_eq!(get_json(&server, "/api/v1/dead"), json!([]));
 }
+
+const TOKEN: &str = "dashboard-token-0123456789";
+
+/// A client that shows redirects instead of following them, and keeps no cookies.
+fn client_without_redirects() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_browser_logs_in_once_with_the_token_and_its_cookie_opens_the_pages() {
+    let server = TestServer::start(&format!("[server.auth]\ntoken = \"{TOKEN}\"\n"));
+    let http = client_without_redirects();
+    assert_eq!(server.get("/ui/").status, 401);
+    assert_eq!(server.get("/api/v1/campaigns").status, 401);
+    assert_eq!(server.get("/ui/login").status, 200);
+
+    let wrong = http
+        .post(server.url("/ui/login"))
+        .form(&[("token", "not-the-token-at-all")])
+        .send()
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+
+    let right = http
+        .post(server.url("/ui/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .unwrap();
+    assert_eq!(right.status(), 303);
+    let cookie = right.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    let pair = cookie.split(';').next().unwrap();
+    let page = http
+        .get(server.url("/ui/"))
+        .header("Cookie", pair)
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let forged = http
+        .get(server.url("/ui/"))
+        .header("Cookie", "notirouter_token=guess")
+        .send()
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let api = http
+        .get(server.url("/api/v1/campaigns"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(api.status(), 200);
+}
+
+#[test]
+fn ui_listen_serves_the_dashboard_on_its_own_address_only() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
+    let server = TestServer::start(&format!(
+        "[server.auth]\ntoken = \"{TOKEN}\"\n[ui]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    let http = client_without_redirects();
+    let own = http
+        .get(format!("http://127.0.0.1:{port}/api/v1/campaigns"))
+        .send()
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    assert_eq!(own.json::<Value>().unwrap(), json!([]));
+    let with_token = http
+        .get(server.url("/api/v1/campaigns"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(with_token.status(), 404, "not on server.listen");
+}

@@ -12,16 +12,19 @@ pub mod campaign;
 mod csrf;
 mod error;
 mod html;
+mod login;
 mod pages;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_web::web;
 
+use crate::config::Config;
 use crate::store::campaigns::{ActionCursor, CampaignView};
 use crate::store::{Store, StoreError};
 use campaign::{CampaignIndex, Upgrade};
 pub use error::UiError;
+pub use login::{LOGIN_PATH, token_from_cookies};
 
 /// Rows read per query while catching up, so that the store's reader is never held long.
 const CATCH_UP_CHUNK: usize = 5_000;
@@ -31,6 +34,7 @@ pub struct Dashboard {
     store: Arc<dyn Store>,
     counted: Mutex<Counted>,
     csrf: csrf::CsrfToken,
+    login: login::Login,
 }
 
 /// The campaign counts and how far into the store they reach.
@@ -41,7 +45,15 @@ struct Counted {
 }
 
 impl Dashboard {
-    pub fn new(store: Arc<dyn Store>) -> Dashboard {
+    /// The dashboard over `store`; `config` gives the token a browser logs in with, and
+    /// whether its cookie must be `Secure` (under TLS).
+    pub fn new(store: Arc<dyn Store>, config: &Config) -> Dashboard {
+        let token = config
+            .server
+            .access
+            .token
+            .as_ref()
+            .map(|token| token.expose());
         Dashboard {
             store,
             counted: Mutex::new(Counted {
@@ -50,6 +62,7 @@ impl Dashboard {
                 after_action: ActionCursor::start(),
             }),
             csrf: csrf::CsrfToken::generate(),
+            login: login::Login::new(token, config.server.tls.is_some()),
         }
     }
 
@@ -122,5 +135,6 @@ impl Counted {
 /// Mounts the API and the pages.
 pub fn routes(config: &mut web::ServiceConfig) {
     api::routes(config);
+    login::routes(config);
     pages::routes(config);
 }
