@@ -611,3 +611,109 @@ impl DeviceFilter {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(device: &str, operation: &str, succeeded: bool, at: i64) -> Upgrade {
+        Upgrade::Result {
+            kind: Kind::Software,
+            device_id: device.to_owned(),
+            operation_id: operation.to_owned(),
+            target_version: "1.5".to_owned(),
+            succeeded,
+            error_code: if succeeded { NO_ERROR_CODE } else { "7" }.to_owned(),
+            at: Millis(at),
+        }
+    }
+
+    fn state(device: &str, operation: &str, at: i64) -> Upgrade {
+        Upgrade::StateChange {
+            device_id: device.to_owned(),
+            operation_id: operation.to_owned(),
+            at: Millis(at),
+        }
+    }
+
+    fn key() -> CampaignKey {
+        CampaignKey {
+            kind: Kind::Software,
+            target_version: "1.5".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_state_change_waits_for_its_task_to_be_known_then_counts_in_progress() {
+        let mut index = CampaignIndex::default();
+        index.apply(state("d1", "op-2", 1));
+        assert!(index.summaries().is_empty(), "no campaign knows op-2 yet");
+        index.apply(result("d2", "op-2", false, 2));
+        let (summary, codes, operations) = index.summary(&key()).unwrap();
+        assert_eq!((summary.counts.devices, summary.counts.in_progress), (2, 1));
+        assert_eq!(
+            codes,
+            [ErrorCount {
+                code: "7".into(),
+                devices: 1
+            }]
+        );
+        assert_eq!(operations, ["op-2"]);
+    }
+
+    #[test]
+    fn failed_then_succeeded_is_succeeded_and_recovered_and_leaves_the_error_codes() {
+        let mut index = CampaignIndex::default();
+        index.apply(result("d1", "op-1", false, 1));
+        index.apply(state("d1", "op-1", 2));
+        assert_eq!(
+            index.summary(&key()).unwrap().0.counts.failed,
+            1,
+            "a state change after a result changes nothing"
+        );
+        index.apply(result("d1", "op-3", true, 3));
+        let (summary, codes, _) = index.summary(&key()).unwrap();
+        assert_eq!(
+            summary.counts,
+            Counts {
+                devices: 1,
+                succeeded: 1,
+                recovered: 1,
+                ..Counts::default()
+            }
+        );
+        assert_eq!(summary.fail_rate, 0.0);
+        assert!(codes.is_empty());
+    }
+
+    #[test]
+    fn a_task_notirouter_created_is_learnt_from_its_action_result() {
+        let mut index = CampaignIndex::default();
+        index.apply(result("d1", "op-1", false, 1));
+        let retry = serde_json::to_string(&Action {
+            spec: ActionSpec::Platform(crate::action::PlatformOp::retry_upgrade(
+                "d1",
+                "swUpgradeResultNotify",
+                "1.5",
+            )),
+            plugin: "p".into(),
+        })
+        .unwrap();
+        index.apply_action("a1", Millis(2), &retry);
+        index.apply(state("d9", "op-new", 3));
+        assert_eq!(index.tasks_to_confirm(), ["a1"]);
+        index.confirm_task("a1", "sent", Some("op-new"));
+        let (summary, _, operations) = index.summary(&key()).unwrap();
+        assert_eq!((summary.counts.retries, summary.counts.in_progress), (1, 1));
+        assert_eq!(operations, ["op-1", "op-new"]);
+        assert!(index.tasks_to_confirm().is_empty());
+    }
+
+    #[test]
+    fn the_timeline_step_keeps_a_campaign_within_its_points() {
+        assert_eq!(timeline_step(0), 60_000);
+        assert_eq!(timeline_step(47 * 60_000), 60_000);
+        assert_eq!(timeline_step(48 * 60_000), 5 * 60_000);
+        assert_eq!(timeline_step(10 * 24 * 3_600_000), 6 * 3_600_000);
+    }
+}
