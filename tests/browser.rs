@@ -120,7 +120,8 @@ fn follow_a_campaign(browser: &Browser, server: &TestServer) {
     }
 
     browser.find("a[data-code='12']").click();
-    assert!(browser.url().ends_with("?code=12"), "{}", browser.url());
+    browser.wait_for_url(|url| url.ends_with("?code=12"));
+    browser.find("#device-list tbody");
     let rows = browser.find_all("#device-list tbody tr");
     assert_eq!(rows.len(), 10, "devices whose latest failure is code 12");
     for row in &rows {

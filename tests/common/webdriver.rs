@@ -16,6 +16,9 @@ use crate::common::wait_until;
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
+/// The longest wait for a page or an element on it.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The key under which WebDriver returns an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -151,12 +154,26 @@ impl Browser {
             .collect()
     }
 
-    /// The one element matching `selector`; fails the test when there is none.
+    /// The first element matching `selector`, waiting for it while a page loads (a click
+    /// returns before the page it leads to is there); fails the test when none comes.
     pub fn find(&self, selector: &str) -> Element<'_> {
-        self.find_all(selector)
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| panic!("no element matches {selector:?} on {}", self.url()))
+        let mut found = None;
+        let appeared = wait_until(PAGE_TIMEOUT, || {
+            found = self.find_all(selector).into_iter().next();
+            found.is_some()
+        });
+        found.filter(|_| appeared).unwrap_or_else(|| panic!("no element matches {selector:?} on {}", self.url()))
+    }
+
+    /// Waits until the address shown satisfies `wanted`; returns it.
+    pub fn wait_for_url(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let mut url = String::new();
+        let reached = wait_until(PAGE_TIMEOUT, || {
+            url = self.url();
+            wanted(&url)
+        });
+        assert!(reached, "the browser stayed on {url}");
+        url
     }
 
     /// Saves a PNG of the viewport to `path`.
