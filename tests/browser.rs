@@ -97,11 +97,7 @@ fn follow_a_campaign(browser: &Browser, server: &TestServer) {
     browser
         .find("li.tile[data-campaign='software/1.5'] h2 a")
         .click();
-    assert!(
-        browser.url().ends_with("/ui/campaigns/software/1.5"),
-        "{}",
-        browser.url()
-    );
+    browser.wait_for_url(|url| url.ends_with("/ui/campaigns/software/1.5"));
     assert_eq!(number(browser, "dd[data-count=devices]"), "200");
     assert_eq!(number(browser, "strong[data-count=succeeded]"), "160");
     assert_eq!(number(browser, "strong[data-count=failed]"), "30");
@@ -149,6 +145,7 @@ fn retry_a_dead_letter(browser: &Browser, server: &TestServer, sink: &HttpSink) 
     browser
         .find(&format!("{row} form[action$='/retry'] button"))
         .click();
+    browser.wait_for_url(|url| url.contains("/retry"));
     let consequence = browser.find("#consequence").text();
     assert!(
         consequence.contains("queues the webhook action"),
@@ -157,11 +154,7 @@ fn retry_a_dead_letter(browser: &Browser, server: &TestServer, sink: &HttpSink) 
     browser
         .find("form[method=post] button[type=submit]")
         .click();
-    assert!(
-        browser.url().contains("/ui/dead?done="),
-        "{}",
-        browser.url()
-    );
+    browser.wait_for_url(|url| url.contains("/ui/dead?done="));
     assert!(browser.find("p.notice").text().contains("queued again"));
     assert!(
         browser.find_all(&row).is_empty(),

@@ -162,7 +162,9 @@ impl Browser {
             found = self.find_all(selector).into_iter().next();
             found.is_some()
         });
-        found.filter(|_| appeared).unwrap_or_else(|| panic!("no element matches {selector:?} on {}", self.url()))
+        found
+            .filter(|_| appeared)
+            .unwrap_or_else(|| panic!("no element matches {selector:?} on {}", self.url()))
     }
 
     /// Waits until the address shown satisfies `wanted`; returns it.
