@@ -19,6 +19,7 @@ pub mod notification;
 pub mod platform;
 pub mod script;
 pub mod store;
+pub mod ui;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -88,6 +89,13 @@ pub async fn serve_with_store(
     shutdown: impl Future<Output = ()> + 'static,
 ) -> Result<(), ServeError> {
     let endpoints = http::Endpoints::prepare(&config.server, listener)?;
+    let dashboard = match config.ui.enabled {
+        true => Some(http::DashboardMount::prepare(
+            ui::Dashboard::new(Arc::clone(&store), &config),
+            config.ui.listen,
+        )?),
+        false => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let scripts = load_scripts(&config, &metrics)?;
     let signals = Signals::default();
@@ -131,7 +139,7 @@ pub async fn serve_with_store(
         };
         tracing::info!(addr = %address, scheme, "listening");
     }
-    let served = http::run(&config, endpoints, intake, metrics, shutdown).await;
+    let served = http::run(&config, endpoints, intake, metrics, dashboard, shutdown).await;
     pruner.abort();
     let _ = pruner.await;
     if let Some(reloader) = reloader {

@@ -13,6 +13,7 @@ mod explain;
 mod platform;
 mod raw;
 mod server;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use raw::{
     EmailTransport, RawChannel, RawConfig, RawDelivery, RawEmail, RawScripts, RawServer, RawStore,
 };
 pub use server::{AccessConfig, Limits, TlsConfig, check_token, parse_net};
+pub use ui::UiConfig;
 
 /// Paths the server answers itself; callback paths may not reuse them.
 const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -81,6 +83,7 @@ pub struct Config {
     pub platform: PlatformConfig,
     pub email: EmailConfig,
     pub delivery: DeliveryConfig,
+    pub ui: UiConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +237,7 @@ impl Config {
             platform: platform::from_raw(raw.platform)?,
             email: email_from_raw(raw.email)?,
             delivery: delivery_from_raw(raw.delivery)?,
+            ui: ui::from_raw(raw.ui)?,
         })
     }
 }

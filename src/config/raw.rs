@@ -81,6 +81,8 @@ pub(super) struct RawConfig {
     pub email: RawEmail,
     #[serde(default)]
     pub delivery: RawDelivery,
+    #[serde(default)]
+    pub ui: super::ui::RawUi,
 }
 
 /// How email actions leave.

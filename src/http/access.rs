@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{AUTHORIZATION, HeaderName};
+use actix_web::http::header::{AUTHORIZATION, COOKIE, HeaderName};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use ipnet::IpNet;
@@ -93,7 +93,7 @@ impl Access {
         let Some(expected) = &self.token_digest else {
             return Ok(());
         };
-        if is_open(request.path(), &self.open_paths) {
+        if is_open(request.path(), &self.open_paths) || request.path() == crate::ui::LOGIN_PATH {
             return Ok(());
         }
         let presented = presented_token(request).ok_or(Denial::MissingToken)?;
@@ -142,7 +142,8 @@ fn is_open(path: &str, open_paths: &[String]) -> bool {
     })
 }
 
-/// `Authorization: Bearer <token>` (scheme in any case), else the `token` query parameter.
+/// `Authorization: Bearer <token>` (scheme in any case), else the `token` query parameter,
+/// else the dashboard's login cookie.
 fn presented_token(request: &ServiceRequest) -> Option<String> {
     let from_header = request
         .headers()
@@ -154,13 +155,23 @@ fn presented_token(request: &ServiceRequest) -> Option<String> {
                 .eq_ignore_ascii_case("bearer")
                 .then(|| token.trim().to_owned())
         });
-    from_header.or_else(|| {
-        let query = web::Query::<Vec<(String, String)>>::from_query(request.query_string()).ok()?;
-        query
-            .into_inner()
-            .into_iter()
-            .find_map(|(name, value)| (name == "token").then_some(value))
-    })
+    from_header
+        .or_else(|| {
+            let query =
+                web::Query::<Vec<(String, String)>>::from_query(request.query_string()).ok()?;
+            query
+                .into_inner()
+                .into_iter()
+                .find_map(|(name, value)| (name == "token").then_some(value))
+        })
+        .or_else(|| {
+            request
+                .headers()
+                .get_all(COOKIE)
+                .filter_map(|value| value.to_str().ok())
+                .find_map(crate::ui::token_from_cookies)
+                .map(str::to_owned)
+        })
 }
 
 /// The client's address: the peer itself unless it is a trusted proxy; then, walking

@@ -25,6 +25,7 @@ use actix_web::{App, HttpServer, web};
 use crate::config::{Config, ServerConfig};
 use crate::metrics::Metrics;
 use crate::store::Intake;
+use crate::ui::Dashboard;
 
 pub use access::client_address;
 pub use error::Refusal;
@@ -42,6 +43,33 @@ pub enum EndpointError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on ui.listen {addr} ({source}); is another process using it?")]
+    UiListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The dashboard, served on the receiver's listener (behind its access check) or, with a
+/// listener of its own (`ui.listen`), on that alone.
+pub struct DashboardMount {
+    pub dashboard: web::Data<Dashboard>,
+    pub listener: Option<TcpListener>,
+}
+
+impl DashboardMount {
+    pub fn prepare(
+        dashboard: Dashboard,
+        own_addr: Option<SocketAddr>,
+    ) -> Result<DashboardMount, EndpointError> {
+        let listener = own_addr
+            .map(|addr| listen(addr).map_err(|source| EndpointError::UiListen { addr, source }))
+            .transpose()?;
+        Ok(DashboardMount {
+            dashboard: web::Data::new(dashboard),
+            listener,
+        })
+    }
 }
 
 /// Connections the kernel holds for the server beyond those it serves, as actix-web's own
@@ -91,6 +119,7 @@ pub async fn run(
     endpoints: Endpoints,
     intake: Intake,
     metrics: Arc<Metrics>,
+    dashboard: Option<DashboardMount>,
     shutdown: impl Future<Output = ()> + 'static,
 ) -> std::io::Result<()> {
     let Endpoints {
@@ -100,8 +129,28 @@ pub async fn run(
     } = endpoints;
     let tls_config = tls.as_ref().map(|tls| tls.config.clone());
     let metrics_here = metrics_listener.is_none();
-    let main = receiver_server(config, main, tls_config, intake, &metrics, metrics_here)?;
+    let (dashboard_here, dashboard_server) = match dashboard {
+        Some(DashboardMount {
+            dashboard,
+            listener: Some(listener),
+        }) => (None, Some(dashboard_server(listener, dashboard)?)),
+        Some(mount) => (Some(mount.dashboard), None),
+        None => (None, None),
+    };
+    let main = receiver_server(
+        config,
+        main,
+        tls_config,
+        intake,
+        &metrics,
+        metrics_here,
+        dashboard_here,
+    )?;
     let mut handles = vec![main.handle()];
+    let dashboard_server = dashboard_server.map(|server| {
+        handles.push(server.handle());
+        actix_web::rt::spawn(server)
+    });
     let metrics_server = match metrics_listener {
         Some(listener) => {
             let server = metrics_server(listener, metrics)?;
@@ -117,8 +166,8 @@ pub async fn run(
         }
     });
     let served = main.await;
-    if let Some(server) = metrics_server {
-        // It stops on the same signal; a failure there is not the receiver's.
+    for server in [metrics_server, dashboard_server].into_iter().flatten() {
+        // They stop on the same signal; a failure there is not the receiver's.
         let _ = server.await;
     }
     // The certificate reloader lives as long as the server it feeds.
@@ -134,6 +183,7 @@ fn receiver_server(
     intake: Intake,
     metrics: &Arc<Metrics>,
     serve_metrics: bool,
+    dashboard: Option<web::Data<Dashboard>>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let receiver = web::Data::new(Receiver {
         intake: intake.clone(),
@@ -165,6 +215,9 @@ fn receiver_server(
         }
         if serve_metrics {
             app = app.configure(probes::metrics_route);
+        }
+        if let Some(dashboard) = &dashboard {
+            app = app.app_data(dashboard.clone()).configure(crate::ui::routes);
         }
         app.configure(probes::routes)
     });
@@ -202,6 +255,27 @@ fn metrics_server(
             .configure(probes::metrics_route)
     })
     .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?;
+    Ok(server.run())
+}
+
+/// The dashboard alone, on `ui.listen`: two workers, so that a slow page does not hold up
+/// the API.
+fn dashboard_server(
+    listener: TcpListener,
+    dashboard: web::Data<Dashboard>,
+) -> std::io::Result<actix_web::dev::Server> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(ui_addr = %address, "serving the dashboard");
+    }
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(dashboard.clone())
+            .configure(crate::ui::routes)
+    })
+    .workers(2)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)?;

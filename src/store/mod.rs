@@ -5,6 +5,7 @@
 //!
 //! No SQL lives outside this module.
 
+pub mod campaigns;
 mod claim;
 mod intake;
 mod open;
@@ -429,6 +430,11 @@ pub trait Store: StateView + Send + Sync + 'static {
     /// costs one fsync and writes each page it touches once.
     fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
         write_separately(self, group)
+    }
+
+    /// The reads behind the dashboard's campaigns, for a backend that has them.
+    fn campaign_view(&self) -> Option<&dyn campaigns::CampaignView> {
+        None
     }
 }
 

@@ -6,6 +6,7 @@
 //! which write rarely), and a reader for everything else, so that listing events or reading
 //! script state never waits behind a group commit. The files below hold the queries by stage.
 
+mod campaigns;
 mod checkpoint;
 mod claims;
 mod dedup;
@@ -323,5 +324,9 @@ impl Store for SqliteStore {
 
     fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
         self.write_drop(id)
+    }
+
+    fn campaign_view(&self) -> Option<&dyn super::campaigns::CampaignView> {
+        Some(self)
     }
 }

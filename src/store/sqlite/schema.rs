@@ -113,6 +113,9 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE actions ADD COLUMN claimed_by TEXT;
     ALTER TABLE actions ADD COLUMN lease_until INTEGER;",
+    // 6: the dashboard reads platform actions (upgrade retries, tasks created) in the order
+    // they were queued; only platform actions are indexed, and at the end of the index.
+    "CREATE INDEX actions_platform ON actions (created_at, id) WHERE kind = 'platform';",
 ];
 
 /// Brings the schema up to date.
