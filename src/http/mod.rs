@@ -65,8 +65,10 @@ impl DashboardMount {
         let listener = own_addr
             .map(|addr| listen(addr).map_err(|source| EndpointError::UiListen { addr, source }))
             .transpose()?;
+        let dashboard = web::Data::new(dashboard);
+        dashboard.clone().into_inner().count_ahead();
         Ok(DashboardMount {
-            dashboard: web::Data::new(dashboard),
+            dashboard,
             listener,
         })
     }

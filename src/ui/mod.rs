@@ -66,6 +66,21 @@ impl Dashboard {
         }
     }
 
+    /// Counts what the store already holds on a thread of its own, so that the first request
+    /// after a start (which would otherwise read the whole store) finds the counts ready.
+    pub fn count_ahead(self: Arc<Self>) {
+        let counting = std::thread::Builder::new()
+            .name("dashboard-count".to_owned())
+            .spawn(move || {
+                if let Err(error) = self.campaigns(|_| ()) {
+                    tracing::warn!(%error, "cannot count the campaigns ahead; the first dashboard request will");
+                }
+            });
+        if let Err(error) = counting {
+            tracing::warn!(%error, "cannot start counting the campaigns ahead; the first dashboard request will");
+        }
+    }
+
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
     }
