@@ -192,7 +192,7 @@ pub struct ActionRecord {
     pub plugin: String,
     pub kind: String,
     pub destination: String,
-    pub status: String,
+    pub status: ActionStatus,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub result: Option<String>,
@@ -229,6 +229,47 @@ impl PendingAction {
             id: self.id.clone(),
             by: self.claimed_by.clone(),
         }
+    }
+}
+
+/// Where an action is in its life; shown (and sent in JSON) as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionStatus {
+    /// Waiting for its due time, or being sent.
+    Pending,
+    Sent,
+    /// Deliberately not sent; its last error says why.
+    Skipped,
+    /// Given up on: a dead letter, until retried or dropped.
+    Dead,
+    /// A dead letter the operator dropped.
+    Dropped,
+}
+
+impl ActionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::Pending => "pending",
+            ActionStatus::Sent => "sent",
+            ActionStatus::Skipped => "skipped",
+            ActionStatus::Dead => "dead",
+            ActionStatus::Dropped => "dropped",
+        }
+    }
+
+    /// True once it ended without being sent (a dead letter may still be retried).
+    pub fn ended_unsent(self) -> bool {
+        matches!(
+            self,
+            ActionStatus::Skipped | ActionStatus::Dead | ActionStatus::Dropped
+        )
+    }
+}
+
+impl std::fmt::Display for ActionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

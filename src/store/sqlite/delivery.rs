@@ -10,7 +10,8 @@ use crate::action::Action;
 use crate::model::{EventId, Millis};
 use crate::store::rules::{self, InternalEvent};
 use crate::store::{
-    ActionClaim, Attempt, Claimer, DeadLetter, DeliveryUpdate, PendingAction, StoreError,
+    ActionClaim, ActionStatus, Attempt, Claimer, DeadLetter, DeliveryUpdate, PendingAction,
+    StoreError,
 };
 
 impl SqliteStore {
@@ -92,13 +93,13 @@ impl SqliteStore {
                     record_attempt_if_held(transaction, claim, updated, attempt)?;
                 }
                 DeliveryUpdate::Dead { claim, attempt } => {
-                    if finish(transaction, claim, "dead", attempt)? {
+                    if finish(transaction, claim, ActionStatus::Dead, attempt)? {
                         raised +=
                             usize::from(self.after_death(transaction, &claim.id, attempt, now)?);
                     }
                 }
                 DeliveryUpdate::Skipped { claim, attempt } => {
-                    finish(transaction, claim, "skipped", attempt)?;
+                    finish(transaction, claim, ActionStatus::Skipped, attempt)?;
                 }
                 DeliveryUpdate::InFlight { claim, at } => {
                     execute_cached(
@@ -252,7 +253,7 @@ impl SqliteStore {
 fn finish(
     transaction: &Transaction<'_>,
     claim: &ActionClaim,
-    status: &str,
+    status: ActionStatus,
     attempt: &Attempt,
 ) -> Result<bool, StoreError> {
     let updated = execute_cached(

@@ -15,6 +15,7 @@ mod intake;
 mod outcomes;
 mod queries;
 mod schema;
+mod status;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
