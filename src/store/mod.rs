@@ -16,6 +16,7 @@ mod wakeup;
 use serde::Serialize;
 
 use crate::action::Action;
+use crate::destination::Destination;
 use crate::model::state::{StateChanges, StateError, StateView};
 use crate::model::{EventId, EventStatus, Millis};
 use crate::notification::Problem;
@@ -191,7 +192,7 @@ pub struct ActionRecord {
     pub id: String,
     pub plugin: String,
     pub kind: String,
-    pub destination: String,
+    pub destination: Destination,
     pub status: ActionStatus,
     pub attempts: i64,
     pub last_error: Option<String>,
@@ -210,7 +211,7 @@ pub struct PendingAction {
     /// Who holds the claim; results are recorded under it.
     pub claimed_by: Claimer,
     pub event_id: String,
-    pub destination: String,
+    pub destination: Destination,
     pub action: Action,
     /// Fixed when the action was queued; the same on every attempt.
     pub idempotency_key: String,
@@ -359,7 +360,7 @@ pub struct DeadLetter {
     pub id: String,
     pub event_id: String,
     pub kind: String,
-    pub destination: String,
+    pub destination: Destination,
     pub attempts: u32,
     pub last_error: Option<String>,
     pub created_at: String,
@@ -429,14 +430,14 @@ pub trait Store: StateView + Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Destinations with actions due at `now`.
-    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError>;
+    fn due_destinations(&self, now: Millis) -> Result<Vec<Destination>, StoreError>;
 
     /// Claims for `by`, for the store's lease from `now`, up to `limit` actions of
     /// `destination` due at `now` that no one holds (or whose lease has ended), the longest
     /// due first.
     fn claim_due_actions(
         &self,
-        destination: &str,
+        destination: &Destination,
         by: &Claimer,
         limit: usize,
         now: Millis,

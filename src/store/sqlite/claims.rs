@@ -9,6 +9,7 @@ use rusqlite::{Transaction, params};
 use super::delivery::{PENDING_COLUMNS, pending_row};
 use super::queries::{STORED_COLUMNS, stored_row};
 use super::{SqliteStore, begin, database, execute_cached};
+use crate::destination::Destination;
 use crate::model::Millis;
 use crate::store::{Claimer, PendingAction, StoreError, StoredEvent};
 
@@ -70,7 +71,7 @@ impl SqliteStore {
 
     pub(super) fn claim_actions_for(
         &self,
-        destination: &str,
+        destination: &Destination,
         by: &Claimer,
         limit: usize,
         now: Millis,

@@ -7,6 +7,7 @@ use super::dedup::hash64;
 use super::intake::next_seq;
 use super::{SqliteStore, begin, database, execute_cached, query_row_cached};
 use crate::action::Action;
+use crate::destination::Destination;
 use crate::model::{EventId, Millis};
 use crate::store::rules::{self, InternalEvent};
 use crate::store::{
@@ -15,7 +16,10 @@ use crate::store::{
 };
 
 impl SqliteStore {
-    pub(super) fn read_due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+    pub(super) fn read_due_destinations(
+        &self,
+        now: Millis,
+    ) -> Result<Vec<Destination>, StoreError> {
         let reader = self.reader();
         reader
             .prepare_cached(
@@ -335,7 +339,7 @@ pub(super) const PENDING_COLUMNS: &str = "id, event_id, destination, payload, id
 pub(super) struct PendingRow {
     pub(super) id: String,
     event_id: String,
-    destination: String,
+    destination: Destination,
     payload: String,
     idempotency_key: String,
     created_at: i64,
