@@ -126,8 +126,9 @@ impl SqliteStore {
         claim: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut writer = self.writer();
-        writer
-            .pragma_update(None, "synchronous", "OFF")
+        // Prepared once per connection: a claim runs several times a second per worker, and
+        // each switch would otherwise be parsed again.
+        execute_cached(&writer, "PRAGMA synchronous = OFF", [])
             .map_err(database("preparing a claim"))?;
         let claimed = begin(&mut writer).and_then(|transaction| {
             let claimed = claim(&transaction)?;
@@ -137,8 +138,7 @@ impl SqliteStore {
             Ok(claimed)
         });
         // Every other write on this connection must wait for the disk again.
-        writer
-            .pragma_update(None, "synchronous", "FULL")
+        execute_cached(&writer, "PRAGMA synchronous = FULL", [])
             .map_err(database("restoring synchronous = FULL after a claim"))?;
         claimed
     }
