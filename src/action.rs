@@ -2,6 +2,7 @@
 //! printed by `notirouter test`, matched by case files, stored in the outbox and embedded in
 //! `actionFailed` notifications, so it is one serde type used everywhere.
 
+use crate::destination::Destination;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -105,20 +106,18 @@ impl Action {
 
     /// Where it goes, for per-destination limits: the channel name, the URL's host, `email`
     /// or `platform`.
-    pub fn destination(&self) -> String {
+    pub fn destination(&self) -> Destination {
         match &self.spec {
-            ActionSpec::Email(_) => "email".to_owned(),
-            ActionSpec::Chat(chat) => format!("channel:{}", chat.channel),
+            ActionSpec::Email(_) => Destination::Email,
+            ActionSpec::Chat(chat) => Destination::Channel(chat.channel.clone()),
             ActionSpec::Webhook(Webhook {
                 channel: Some(channel),
                 ..
-            }) => {
-                format!("channel:{channel}")
-            }
+            }) => Destination::Channel(channel.clone()),
             ActionSpec::Webhook(Webhook { url, .. }) => {
-                format!("url:{}", url.as_deref().map(url_origin).unwrap_or_default())
+                Destination::Url(url.as_deref().map(url_origin).unwrap_or_default())
             }
-            ActionSpec::Platform(_) => "platform".to_owned(),
+            ActionSpec::Platform(_) => Destination::Platform,
         }
     }
 
@@ -169,6 +168,9 @@ mod tests {
                 payload: json!({}),
             }),
         };
-        assert_eq!(action.destination(), "url:https://hooks.example.com:8443");
+        assert_eq!(
+            action.destination().to_string(),
+            "url:https://hooks.example.com:8443"
+        );
     }
 }

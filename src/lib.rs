@@ -12,6 +12,7 @@ mod background;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod destination;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -123,6 +123,11 @@ fn check_says_what_an_invalid_value_should_be() {
             "\"nope\" is not an address and port",
         ),
         ("[store]\nrejected_max_count = -1\n", ":2:22", "-1"),
+        (
+            "[store]\nlease = \"5s\"\n",
+            "store.lease",
+            "set store.lease to at least 15s or lower delivery.timeout",
+        ),
     ];
     for (text, place, expected) in cases {
         let (_, output) = check(text);

@@ -1372,8 +1372,9 @@ fn a_second_sigterm_ends_a_stop_that_waits_on_a_slow_destination_and_loses_nothi
     let sink = HttpSink::start();
     sink.answer_always(Answer::stall());
     let delivery = "timeout = \"60s\"\nconcurrency_per_destination = 2\n";
+    let lease = "[store]\nlease = \"65s\"\n";
     let mut server = TestServer::start_with_plugins(
-        &hook_config(&sink.url("/hook"), delivery),
+        &(hook_config(&sink.url("/hook"), delivery) + lease),
         &[("many.rhai", MANY_HOOKS_PLUGIN)],
     );
     let event = post(&server, custom("dev-s", json!({"count": 2})));

@@ -685,7 +685,8 @@ fn webhook_to(addr: SocketAddr, delivery: &str) -> (TestServer, String) {
 fn an_endless_answer_is_read_only_as_far_as_the_error_needs() {
     let (addr, seen) = answering_sink(answer_endlessly);
     // A timeout longer than the waits below: only reading less than the whole answer passes.
-    let (server, id) = webhook_to(addr, "timeout = \"60s\"\n");
+    // The lease must outlast it.
+    let (server, id) = webhook_to(addr, "timeout = \"60s\"\n[store]\nlease = \"65s\"\n");
     let hung_up = wait_until(SETTLE_TIMEOUT, || seen.hung_up.load(Ordering::SeqCst));
     let written = seen.written.load(Ordering::SeqCst);
     assert!(

@@ -221,12 +221,15 @@ impl Config {
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         let vars = serde_json::to_value(&raw.vars)
             .map_err(|e| ConfigError::invalid("vars", e.to_string()))?;
+        let store = store_from_raw(raw.store)?;
+        let delivery = delivery_from_raw(raw.delivery)?;
+        check_lease(&store, &delivery)?;
         Ok(Config {
             server: server_from_raw(raw.server)?,
             log: LogConfig {
                 format: raw.log.format,
             },
-            store: store_from_raw(raw.store)?,
+            store,
             scripts: scripts_from_raw(raw.scripts)?,
             vars,
             channels: raw
@@ -236,7 +239,7 @@ impl Config {
                 .collect::<Result<_, ConfigError>>()?,
             platform: platform::from_raw(raw.platform)?,
             email: email_from_raw(raw.email)?,
-            delivery: delivery_from_raw(raw.delivery)?,
+            delivery,
             ui: ui::from_raw(raw.ui)?,
         })
     }
@@ -319,6 +322,33 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
         rejected_max_bytes: raw.rejected_max_bytes,
         lease: raw.lease,
     })
+}
+
+/// What a claimed action's lease must outlast beyond `delivery.timeout`: the 1 s a send's
+/// guard allows past the timeout, and the wait to record its outcome through the store's
+/// writer, which queues behind the receiver's group commits.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// A lease that could end while its claimer still waits on a send would let a second claimer
+/// send the same action at the same time.
+fn check_lease(store: &StoreConfig, delivery: &DeliveryConfig) -> Result<(), ConfigError> {
+    if store.lease.is_zero() {
+        return Err(ConfigError::invalid(
+            "store.lease",
+            "must be longer than zero",
+        ));
+    }
+    let shortest = delivery.timeout + LEASE_MARGIN;
+    if store.lease < shortest {
+        let message = format!(
+            "{:?} is shorter than delivery.timeout ({:?}) plus {:?} to record the outcome, \
+             so another claimer could send an action this one still waits on; \
+             set store.lease to at least {:?} or lower delivery.timeout",
+            store.lease, delivery.timeout, LEASE_MARGIN, shortest
+        );
+        return Err(ConfigError::invalid("store.lease", message));
+    }
+    Ok(())
 }
 
 fn scripts_from_raw(raw: RawScripts) -> Result<ScriptsConfig, ConfigError> {
@@ -551,6 +581,27 @@ mod tests {
             text.starts_with("test.toml:3:1: unknown field `lisen`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_lease_must_outlast_a_send_and_the_record_of_its_outcome() {
+        let error = parse("[store]\nlease = \"0s\"").unwrap_err().to_string();
+        assert!(
+            error.contains("store.lease: must be longer than zero"),
+            "{error}"
+        );
+        let error = parse("[store]\nlease = \"14s\"\n[delivery]\ntimeout = \"10s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("store.lease: 14s is shorter"), "{error}");
+        assert!(error.contains("delivery.timeout (10s)"), "{error}");
+        assert!(error.contains("set store.lease to at least 15s"), "{error}");
+        let config = parse("[store]\nlease = \"15s\"\n[delivery]\ntimeout = \"10s\"").unwrap();
+        assert_eq!(config.store.lease, Duration::from_secs(15));
+        let error = parse("[delivery]\ntimeout = \"1m\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at least 65s"), "{error}");
     }
 
     #[test]

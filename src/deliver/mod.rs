@@ -132,13 +132,3 @@ async fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> st
     tokio::fs::write(&temporary, bytes).await?;
     tokio::fs::rename(&temporary, dir.join(name)).await
 }
-
-/// The bounded label of a destination: the channel's name, `email`, `platform`, or `url` for
-/// webhooks to a script's own URL.
-pub fn channel_label(destination: &str) -> &str {
-    match destination.split_once(':') {
-        Some(("channel", name)) => name,
-        Some(("url", _)) => "url",
-        _ => destination,
-    }
-}

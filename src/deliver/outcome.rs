@@ -88,6 +88,7 @@ impl Outcomes {
 mod tests {
     use super::*;
     use crate::action::{Action, ActionSpec, Chat};
+    use crate::destination::Destination;
     use crate::store::Claimer;
 
     const AT: Millis = Millis(1_800_000_000_000);
@@ -108,7 +109,7 @@ mod tests {
             id: "A1".to_owned(),
             claimed_by: Claimer::named("deliver"),
             event_id: "E1".to_owned(),
-            destination: "channel:ops".to_owned(),
+            destination: Destination::Channel("ops".to_owned()),
             action: Action {
                 spec: ActionSpec::Chat(Chat {
                     channel: "ops".to_owned(),

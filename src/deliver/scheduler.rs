@@ -9,12 +9,12 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::breaker::Change;
-use super::channel_label;
 use super::clock::Clock;
 use super::outcome::Outcomes;
 use super::retry::Verdict;
 use super::send::Sender;
 use super::slots::Slots;
+use crate::destination::Destination;
 use crate::metrics::Metrics;
 use crate::model::Millis;
 use crate::store::{Claimer, Intake, PendingAction, Store, StoreError};
@@ -41,7 +41,7 @@ impl Scheduler {
     /// when the next one falls due; a finished send only refills its own destination, so that
     /// draining a large backlog costs one indexed claim per send, not a scan of the backlog.
     pub async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
-        let mut sends: JoinSet<String> = JoinSet::new();
+        let mut sends: JoinSet<Destination> = JoinSet::new();
         let mut next_round = tokio::time::Instant::now();
         let mut next_gauge = tokio::time::Instant::now();
         loop {
@@ -73,8 +73,8 @@ impl Scheduler {
     /// once: under load sends finish in bunches, and one claim refills a bunch.
     async fn refill_after(
         self: &Arc<Self>,
-        first: Result<String, tokio::task::JoinError>,
-        sends: &mut JoinSet<String>,
+        first: Result<Destination, tokio::task::JoinError>,
+        sends: &mut JoinSet<Destination>,
     ) {
         let mut finished = BTreeSet::new();
         let mut done = Some(first);
@@ -94,7 +94,10 @@ impl Scheduler {
 
     /// Starts every send that may go now; returns how long to sleep: until the next action
     /// falls due or the first open breaker reopens, whichever is earlier.
-    async fn round(self: &Arc<Self>, sends: &mut JoinSet<String>) -> Result<Duration, StoreError> {
+    async fn round(
+        self: &Arc<Self>,
+        sends: &mut JoinSet<Destination>,
+    ) -> Result<Duration, StoreError> {
         let now = self.clock.now();
         for destination in self
             .blocking(move |store| store.due_destinations(now))
@@ -119,9 +122,9 @@ impl Scheduler {
     /// Claims and starts as many due actions of `destination` as its slots allow.
     async fn fill(
         self: &Arc<Self>,
-        destination: &str,
+        destination: &Destination,
         now: Millis,
-        sends: &mut JoinSet<String>,
+        sends: &mut JoinSet<Destination>,
     ) -> Result<(), StoreError> {
         let Some(take) = self.slots.admit(destination, self.clock.instant()) else {
             return Ok(());
@@ -150,7 +153,7 @@ impl Scheduler {
     }
 
     /// Sends one action, records the result, then frees its slot; returns its destination.
-    async fn deliver(self: Arc<Self>, pending: PendingAction) -> String {
+    async fn deliver(self: Arc<Self>, pending: PendingAction) -> Destination {
         let started = self.clock.instant();
         let at_start = self.clock.now();
         let guard = self.sender.time_limit(&pending.action);
@@ -196,7 +199,7 @@ impl Scheduler {
         }
         let outcome = self.outcomes.label(pending, verdict);
         self.metrics
-            .action(kind, channel_label(&pending.destination), outcome);
+            .action(kind, pending.destination.label(), outcome);
     }
 
     /// Runs a store call off the async threads.

@@ -10,15 +10,17 @@ use std::time::{Duration, Instant};
 use super::breaker::{Admission, Breaker, Change};
 use super::retry::Verdict;
 use crate::config::DeliveryConfig;
+use crate::destination::Destination;
 
 pub struct Slots {
     concurrency: usize,
     breaker_failures: u32,
     breaker_cooldown: Duration,
-    destinations: Mutex<HashMap<String, Destination>>,
+    destinations: Mutex<HashMap<Destination, DestinationState>>,
 }
 
-struct Destination {
+/// One destination's breaker and sends under way.
+struct DestinationState {
     breaker: Breaker,
     sending: usize,
 }
@@ -33,7 +35,7 @@ impl Slots {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Destination>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Destination, DestinationState>> {
         self.destinations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -41,11 +43,11 @@ impl Slots {
 
     /// How many due actions of `destination` may be claimed now: its free slots, one probe,
     /// or none while its breaker is open (the actions keep their schedule).
-    pub fn admit(&self, destination: &str, now: Instant) -> Option<usize> {
+    pub fn admit(&self, destination: &Destination, now: Instant) -> Option<usize> {
         let mut destinations = self.lock();
         let state = destinations
-            .entry(destination.to_owned())
-            .or_insert_with(|| Destination {
+            .entry(destination.clone())
+            .or_insert_with(|| DestinationState {
                 breaker: Breaker::new(self.breaker_failures, self.breaker_cooldown),
                 sending: 0,
             });
@@ -62,7 +64,7 @@ impl Slots {
 
     /// `started` sends of `destination` began; when none did, a probe granted by
     /// [`Slots::admit`] is kept for the next action.
-    pub fn started(&self, destination: &str, started: usize, now: Instant) {
+    pub fn started(&self, destination: &Destination, started: usize, now: Instant) {
         if let Some(state) = self.lock().get_mut(destination) {
             state.sending += started;
             if started == 0 {
@@ -72,7 +74,7 @@ impl Slots {
     }
 
     /// A send ended with `verdict`: its slot is free, and its breaker learns from it.
-    pub fn finished(&self, destination: &str, verdict: &Verdict, now: Instant) -> Change {
+    pub fn finished(&self, destination: &Destination, verdict: &Verdict, now: Instant) -> Change {
         let mut destinations = self.lock();
         let Some(state) = destinations.get_mut(destination) else {
             return Change::None;
@@ -127,15 +129,15 @@ mod tests {
     fn slots_bound_the_claims_and_free_up_when_sends_end() {
         let slots = slots("[delivery]\nconcurrency_per_destination = 3\n");
         let now = Instant::now();
-        assert_eq!(slots.admit("email", now), Some(3));
-        slots.started("email", 2, now);
-        assert_eq!(slots.admit("email", now), Some(1));
-        slots.started("email", 1, now);
-        assert_eq!(slots.admit("email", now), None);
-        slots.finished("email", &Verdict::Sent { result: None }, now);
-        assert_eq!(slots.admit("email", now), Some(1));
+        assert_eq!(slots.admit(&Destination::Email, now), Some(3));
+        slots.started(&Destination::Email, 2, now);
+        assert_eq!(slots.admit(&Destination::Email, now), Some(1));
+        slots.started(&Destination::Email, 1, now);
+        assert_eq!(slots.admit(&Destination::Email, now), None);
+        slots.finished(&Destination::Email, &Verdict::Sent { result: None }, now);
+        assert_eq!(slots.admit(&Destination::Email, now), Some(1));
         assert_eq!(
-            slots.admit("channel:ops", now),
+            slots.admit(&Destination::Channel("ops".into()), now),
             Some(3),
             "destinations are independent"
         );
@@ -147,28 +149,40 @@ mod tests {
         let start = Instant::now();
         assert_eq!(slots.until_a_breaker_reopens(start, IDLE), IDLE);
         for _ in 0..2 {
-            slots.admit("email", start);
-            slots.started("email", 1, start);
-            slots.finished("email", &failed(), start);
+            slots.admit(&Destination::Email, start);
+            slots.started(&Destination::Email, 1, start);
+            slots.finished(&Destination::Email, &failed(), start);
         }
-        assert_eq!(slots.admit("email", start), None);
+        assert_eq!(slots.admit(&Destination::Email, start), None);
         let later = start + Duration::from_secs(29);
-        assert_eq!(slots.admit("email", later), None);
+        assert_eq!(slots.admit(&Destination::Email, later), None);
         assert_eq!(
             slots.until_a_breaker_reopens(later, Duration::from_secs(5)),
             Duration::from_secs(1)
         );
         let reopened = start + Duration::from_secs(30);
-        assert_eq!(slots.admit("email", reopened), Some(1), "one probe");
+        assert_eq!(
+            slots.admit(&Destination::Email, reopened),
+            Some(1),
+            "one probe"
+        );
         // The probe found nothing to send: the next admission is a probe again.
-        slots.started("email", 0, reopened);
-        assert_eq!(slots.admit("email", reopened), Some(1));
-        slots.started("email", 1, reopened);
-        assert_eq!(slots.admit("email", reopened), None, "one probe at a time");
-        let change = slots.finished("email", &Verdict::Sent { result: None }, reopened);
+        slots.started(&Destination::Email, 0, reopened);
+        assert_eq!(slots.admit(&Destination::Email, reopened), Some(1));
+        slots.started(&Destination::Email, 1, reopened);
+        assert_eq!(
+            slots.admit(&Destination::Email, reopened),
+            None,
+            "one probe at a time"
+        );
+        let change = slots.finished(
+            &Destination::Email,
+            &Verdict::Sent { result: None },
+            reopened,
+        );
         assert_eq!(change, Change::Recovered);
         assert_eq!(
-            slots.admit("email", reopened),
+            slots.admit(&Destination::Email, reopened),
             Some(8),
             "closed: every slot"
         );

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{EventInput, PluginSet, Scripts};
+use crate::destination::Destination;
 use crate::metrics::Metrics;
 use crate::model::state::{StateChanges, StateView};
 use crate::model::{EventStatus, Millis};
@@ -126,7 +127,7 @@ impl Worker {
             self.wakeup.wait(self.wakeup.generation(), IDLE_POLL);
             return;
         }
-        let queued: Vec<(&'static str, String)> = outcomes
+        let queued: Vec<(&'static str, Destination)> = outcomes
             .iter()
             .flat_map(|outcome| &outcome.actions)
             .map(|action| (action.kind(), action.destination()))
@@ -135,8 +136,7 @@ impl Worker {
             Ok(count) => {
                 self.metrics.events_processed(count);
                 for (kind, destination) in &queued {
-                    self.metrics
-                        .action(kind, crate::deliver::channel_label(destination), "queued");
+                    self.metrics.action(kind, destination.label(), "queued");
                 }
             }
             // Its events are still claimed by this worker: the next claim takes them again,

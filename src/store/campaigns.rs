@@ -3,7 +3,7 @@
 //! catch up from where it left off with one indexed range query.
 
 use crate::model::Millis;
-use crate::store::StoreError;
+use crate::store::{ActionStatus, StoreError};
 
 /// The notification types that belong to upgrade campaigns.
 pub const UPGRADE_TYPES: [&str; 4] = [
@@ -36,7 +36,7 @@ pub struct PlatformActionRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionState {
     pub id: String,
-    pub status: String,
+    pub status: ActionStatus,
     /// What the platform answered: the task's `operationId` once sent.
     pub result: Option<String>,
 }

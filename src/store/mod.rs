@@ -16,6 +16,7 @@ mod wakeup;
 use serde::Serialize;
 
 use crate::action::Action;
+use crate::destination::Destination;
 use crate::model::state::{StateChanges, StateError, StateView};
 use crate::model::{EventId, EventStatus, Millis};
 use crate::notification::Problem;
@@ -191,8 +192,8 @@ pub struct ActionRecord {
     pub id: String,
     pub plugin: String,
     pub kind: String,
-    pub destination: String,
-    pub status: String,
+    pub destination: Destination,
+    pub status: ActionStatus,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub result: Option<String>,
@@ -210,7 +211,7 @@ pub struct PendingAction {
     /// Who holds the claim; results are recorded under it.
     pub claimed_by: Claimer,
     pub event_id: String,
-    pub destination: String,
+    pub destination: Destination,
     pub action: Action,
     /// Fixed when the action was queued; the same on every attempt.
     pub idempotency_key: String,
@@ -229,6 +230,47 @@ impl PendingAction {
             id: self.id.clone(),
             by: self.claimed_by.clone(),
         }
+    }
+}
+
+/// Where an action is in its life; shown (and sent in JSON) as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionStatus {
+    /// Waiting for its due time, or being sent.
+    Pending,
+    Sent,
+    /// Deliberately not sent; its last error says why.
+    Skipped,
+    /// Given up on: a dead letter, until retried or dropped.
+    Dead,
+    /// A dead letter the operator dropped.
+    Dropped,
+}
+
+impl ActionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::Pending => "pending",
+            ActionStatus::Sent => "sent",
+            ActionStatus::Skipped => "skipped",
+            ActionStatus::Dead => "dead",
+            ActionStatus::Dropped => "dropped",
+        }
+    }
+
+    /// True once it ended without being sent (a dead letter may still be retried).
+    pub fn ended_unsent(self) -> bool {
+        matches!(
+            self,
+            ActionStatus::Skipped | ActionStatus::Dead | ActionStatus::Dropped
+        )
+    }
+}
+
+impl std::fmt::Display for ActionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -318,7 +360,7 @@ pub struct DeadLetter {
     pub id: String,
     pub event_id: String,
     pub kind: String,
-    pub destination: String,
+    pub destination: Destination,
     pub attempts: u32,
     pub last_error: Option<String>,
     pub created_at: String,
@@ -388,14 +430,14 @@ pub trait Store: StateView + Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Destinations with actions due at `now`.
-    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError>;
+    fn due_destinations(&self, now: Millis) -> Result<Vec<Destination>, StoreError>;
 
     /// Claims for `by`, for the store's lease from `now`, up to `limit` actions of
     /// `destination` due at `now` that no one holds (or whose lease has ended), the longest
     /// due first.
     fn claim_due_actions(
         &self,
-        destination: &str,
+        destination: &Destination,
         by: &Claimer,
         limit: usize,
         now: Millis,

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::campaign::{CampaignKey, Kind};
 use super::{Dashboard, UiError};
 use crate::model::{EventId, EventStatus};
-use crate::store::{EventFilter, EventSummary};
+use crate::store::{ActionStatus, EventFilter, EventSummary};
 
 /// Events listed when the request names no limit, as `events list` does.
 pub const DEFAULT_EVENT_LIMIT: u32 = 50;
@@ -138,7 +138,7 @@ pub fn device_history(dashboard: &Dashboard, device_id: &str) -> Result<DeviceHi
             let mut value = action.action;
             if let Some(object) = value.as_object_mut() {
                 object.insert("id".into(), action.id.into());
-                object.insert("status".into(), action.status.into());
+                object.insert("status".into(), action.status.as_str().into());
                 object.insert("attempts".into(), action.attempts.into());
             }
             history.actions.push(value);
@@ -244,10 +244,10 @@ pub enum DeadChoice {
 
 impl DeadChoice {
     /// The action's status afterwards.
-    fn status(self) -> &'static str {
+    fn status(self) -> ActionStatus {
         match self {
-            DeadChoice::Retry => "pending",
-            DeadChoice::Drop => "dropped",
+            DeadChoice::Retry => ActionStatus::Pending,
+            DeadChoice::Drop => ActionStatus::Dropped,
         }
     }
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::action::{Action, ActionSpec};
 use crate::model::Millis;
+use crate::store::ActionStatus;
 
 /// The error code counted for a failure that carries none (firmware results have no
 /// `errorCode`; their `statusDesc` is used when present).
@@ -515,12 +516,17 @@ impl CampaignIndex {
 
     /// What became of a platform action: its `operationId` once created; forgotten once it
     /// can no longer create one.
-    pub fn confirm_task(&mut self, action_id: &str, status: &str, operation_id: Option<&str>) {
+    pub fn confirm_task(
+        &mut self,
+        action_id: &str,
+        status: ActionStatus,
+        operation_id: Option<&str>,
+    ) {
         if let Some(operation_id) = operation_id {
             if let Some(key) = self.unconfirmed_tasks.remove(action_id) {
                 self.learn_operation(operation_id, &key);
             }
-        } else if matches!(status, "dead" | "dropped" | "skipped") {
+        } else if status.ended_unsent() {
             self.unconfirmed_tasks.remove(action_id);
         }
     }
@@ -702,7 +708,7 @@ mod tests {
         index.apply_action("a1", Millis(2), &retry);
         index.apply(state("d9", "op-new", 3));
         assert_eq!(index.tasks_to_confirm(), ["a1"]);
-        index.confirm_task("a1", "sent", Some("op-new"));
+        index.confirm_task("a1", ActionStatus::Sent, Some("op-new"));
         let (summary, _, operations) = index.summary(&key()).unwrap();
         assert_eq!((summary.counts.retries, summary.counts.in_progress), (1, 1));
         assert_eq!(operations, ["op-1", "op-new"]);

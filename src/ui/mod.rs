@@ -140,7 +140,7 @@ impl Counted {
         if !tasks.is_empty() {
             for state in view.action_states(&tasks)? {
                 self.index
-                    .confirm_task(&state.id, &state.status, state.result.as_deref());
+                    .confirm_task(&state.id, state.status, state.result.as_deref());
             }
         }
         Ok(())

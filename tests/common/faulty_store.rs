@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
+use notirouter::destination::Destination;
 use notirouter::model::state::{StateChanges, StateError, StateView};
 use notirouter::model::{EventId, Millis};
 use notirouter::store::{
@@ -130,13 +131,13 @@ impl Store for FaultyStore {
         self.inner.record_outcomes(outcomes, changes, now)
     }
 
-    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+    fn due_destinations(&self, now: Millis) -> Result<Vec<Destination>, StoreError> {
         self.inner.due_destinations(now)
     }
 
     fn claim_due_actions(
         &self,
-        destination: &str,
+        destination: &Destination,
         by: &Claimer,
         limit: usize,
         now: Millis,

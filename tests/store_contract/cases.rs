@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 
 use notirouter::action::{Action, ActionSpec, Chat};
+use notirouter::destination::Destination;
 use notirouter::model::state::{Effective, StateChanges, StateView};
 use notirouter::model::{EventId, EventStatus, Millis};
 use notirouter::notification::canonical_hash;
@@ -177,7 +178,12 @@ pub fn an_event_whose_claimer_stalls_past_the_lease_goes_to_another(backend: Bac
         .unwrap();
 }
 
-/// Queues `count` chat actions to `channel:ops`, due at [`T0`].
+/// Where [`chat`] sends.
+fn ops() -> Destination {
+    Destination::Channel("ops".to_owned())
+}
+
+/// Queues `count` chat actions to [`ops`], due at [`T0`].
 fn queue_actions(store: &dyn Store, count: usize) -> BTreeSet<String> {
     let event = append(store, &[notification("a", 1)])[0];
     let by = Claimer::named("scripts");
@@ -209,8 +215,8 @@ pub fn claimers_share_due_actions_without_overlap(backend: Backend) {
     let store = backend.store;
     let queued = queue_actions(&*store, 5);
     let (a, b) = (Claimer::named("a"), Claimer::named("b"));
-    let first = store.claim_due_actions("channel:ops", &a, 3, T0).unwrap();
-    let second = store.claim_due_actions("channel:ops", &b, 10, T0).unwrap();
+    let first = store.claim_due_actions(&ops(), &a, 3, T0).unwrap();
+    let second = store.claim_due_actions(&ops(), &b, 10, T0).unwrap();
     let mut seen: Vec<String> = first.iter().chain(&second).map(|p| p.id.clone()).collect();
     assert_eq!((first.len(), second.len()), (3, 2));
     seen.sort();
@@ -218,7 +224,7 @@ pub fn claimers_share_due_actions_without_overlap(backend: Backend) {
     assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), queued);
     assert!(
         store
-            .claim_due_actions("channel:ops", &a, 10, T0)
+            .claim_due_actions(&ops(), &a, 10, T0)
             .unwrap()
             .is_empty()
     );
@@ -228,18 +234,16 @@ pub fn an_action_whose_claimer_stalls_past_the_lease_is_sent_by_another(backend:
     let store = backend.store;
     let queued = queue_actions(&*store, 1);
     let (stalled, next) = (Claimer::named("stalled"), Claimer::named("next"));
-    let taken = store
-        .claim_due_actions("channel:ops", &stalled, 10, T0)
-        .unwrap();
+    let taken = store.claim_due_actions(&ops(), &stalled, 10, T0).unwrap();
     assert_eq!(taken.len(), 1);
     assert!(
         store
-            .claim_due_actions("channel:ops", &next, 10, later(LEASE_MS - 1))
+            .claim_due_actions(&ops(), &next, 10, later(LEASE_MS - 1))
             .unwrap()
             .is_empty()
     );
     let retaken = store
-        .claim_due_actions("channel:ops", &next, 10, later(LEASE_MS))
+        .claim_due_actions(&ops(), &next, 10, later(LEASE_MS))
         .unwrap();
     assert_eq!(
         retaken
@@ -280,7 +284,7 @@ pub fn a_result_ends_the_claim_and_a_retry_is_claimable_when_due(backend: Backen
     let store = backend.store;
     queue_actions(&*store, 1);
     let by = Claimer::named("a");
-    let taken = store.claim_due_actions("channel:ops", &by, 10, T0).unwrap();
+    let taken = store.claim_due_actions(&ops(), &by, 10, T0).unwrap();
     let retry = DeliveryUpdate::Retry {
         claim: taken[0].claim(),
         attempt: Attempt {
@@ -294,13 +298,13 @@ pub fn a_result_ends_the_claim_and_a_retry_is_claimable_when_due(backend: Backen
     let other = Claimer::named("b");
     assert!(
         store
-            .claim_due_actions("channel:ops", &other, 10, later(2_999))
+            .claim_due_actions(&ops(), &other, 10, later(2_999))
             .unwrap()
             .is_empty(),
         "not before its due time"
     );
     let again = store
-        .claim_due_actions("channel:ops", &other, 10, later(3_000))
+        .claim_due_actions(&ops(), &other, 10, later(3_000))
         .unwrap();
     assert_eq!((again.len(), again[0].attempts), (1, 1));
 }

@@ -9,6 +9,7 @@ use rusqlite::{Transaction, params};
 use super::delivery::{PENDING_COLUMNS, pending_row};
 use super::queries::{STORED_COLUMNS, stored_row};
 use super::{SqliteStore, begin, database, execute_cached};
+use crate::destination::Destination;
 use crate::model::Millis;
 use crate::store::{Claimer, PendingAction, StoreError, StoredEvent};
 
@@ -70,7 +71,7 @@ impl SqliteStore {
 
     pub(super) fn claim_actions_for(
         &self,
-        destination: &str,
+        destination: &Destination,
         by: &Claimer,
         limit: usize,
         now: Millis,
@@ -125,8 +126,9 @@ impl SqliteStore {
         claim: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut writer = self.writer();
-        writer
-            .pragma_update(None, "synchronous", "OFF")
+        // Prepared once per connection: a claim runs several times a second per worker, and
+        // each switch would otherwise be parsed again.
+        execute_cached(&writer, "PRAGMA synchronous = OFF", [])
             .map_err(database("preparing a claim"))?;
         let claimed = begin(&mut writer).and_then(|transaction| {
             let claimed = claim(&transaction)?;
@@ -136,8 +138,7 @@ impl SqliteStore {
             Ok(claimed)
         });
         // Every other write on this connection must wait for the disk again.
-        writer
-            .pragma_update(None, "synchronous", "FULL")
+        execute_cached(&writer, "PRAGMA synchronous = FULL", [])
             .map_err(database("restoring synchronous = FULL after a claim"))?;
         claimed
     }

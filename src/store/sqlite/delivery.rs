@@ -7,14 +7,19 @@ use super::dedup::hash64;
 use super::intake::next_seq;
 use super::{SqliteStore, begin, database, execute_cached, query_row_cached};
 use crate::action::Action;
+use crate::destination::Destination;
 use crate::model::{EventId, Millis};
 use crate::store::rules::{self, InternalEvent};
 use crate::store::{
-    ActionClaim, Attempt, Claimer, DeadLetter, DeliveryUpdate, PendingAction, StoreError,
+    ActionClaim, ActionStatus, Attempt, Claimer, DeadLetter, DeliveryUpdate, PendingAction,
+    StoreError,
 };
 
 impl SqliteStore {
-    pub(super) fn read_due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+    pub(super) fn read_due_destinations(
+        &self,
+        now: Millis,
+    ) -> Result<Vec<Destination>, StoreError> {
         let reader = self.reader();
         reader
             .prepare_cached(
@@ -92,13 +97,13 @@ impl SqliteStore {
                     record_attempt_if_held(transaction, claim, updated, attempt)?;
                 }
                 DeliveryUpdate::Dead { claim, attempt } => {
-                    if finish(transaction, claim, "dead", attempt)? {
+                    if finish(transaction, claim, ActionStatus::Dead, attempt)? {
                         raised +=
                             usize::from(self.after_death(transaction, &claim.id, attempt, now)?);
                     }
                 }
                 DeliveryUpdate::Skipped { claim, attempt } => {
-                    finish(transaction, claim, "skipped", attempt)?;
+                    finish(transaction, claim, ActionStatus::Skipped, attempt)?;
                 }
                 DeliveryUpdate::InFlight { claim, at } => {
                     execute_cached(
@@ -252,7 +257,7 @@ impl SqliteStore {
 fn finish(
     transaction: &Transaction<'_>,
     claim: &ActionClaim,
-    status: &str,
+    status: ActionStatus,
     attempt: &Attempt,
 ) -> Result<bool, StoreError> {
     let updated = execute_cached(
@@ -334,7 +339,7 @@ pub(super) const PENDING_COLUMNS: &str = "id, event_id, destination, payload, id
 pub(super) struct PendingRow {
     pub(super) id: String,
     event_id: String,
-    destination: String,
+    destination: Destination,
     payload: String,
     idempotency_key: String,
     created_at: i64,

@@ -9,6 +9,7 @@
 mod campaigns;
 mod checkpoint;
 mod claims;
+mod columns;
 mod dedup;
 mod delivery;
 mod intake;
@@ -29,6 +30,7 @@ use super::{
     StoreError, StoredEvent, WriteGroup, write_separately,
 };
 use crate::config::StoreConfig;
+use crate::destination::Destination;
 use crate::model::state::StateChanges;
 use crate::model::{EventId, Millis};
 
@@ -265,13 +267,13 @@ impl Store for SqliteStore {
         write_together(self, &group).map(drop)
     }
 
-    fn due_destinations(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+    fn due_destinations(&self, now: Millis) -> Result<Vec<Destination>, StoreError> {
         self.read_due_destinations(now)
     }
 
     fn claim_due_actions(
         &self,
-        destination: &str,
+        destination: &Destination,
         by: &Claimer,
         limit: usize,
         now: Millis,

@@ -7,6 +7,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{RefreshQuery, Shared, chart};
+use crate::store::ActionStatus;
 use crate::ui::api::{blocking, campaign_key, no_campaign};
 use crate::ui::campaign::{CampaignKey, Detail, DeviceFilter, DeviceRecord, DeviceStatus, Retry};
 use crate::ui::html::{Page, Refresh, device_link, encode, percent, stacked_bar, time};
@@ -71,7 +72,7 @@ struct CampaignView {
     devices: Vec<(String, DeviceRecord)>,
     retries: Vec<(Retry, Option<DeviceRecord>)>,
     /// Each retry action's status now, by action id.
-    retry_status: HashMap<String, String>,
+    retry_status: HashMap<String, ActionStatus>,
 }
 
 fn read_campaign(
@@ -221,7 +222,7 @@ async fn campaign(
                             tr {
                                 td { (device_link(&retry.device_id)) }
                                 td { (time(retry.queued_at)) }
-                                td { (retry_status.get(&retry.action_id).map_or("unknown", String::as_str)) }
+                                td { (retry_status.get(&retry.action_id).map_or("unknown", |status| status.as_str())) }
                                 td { (record.as_ref().map_or("no result", |record| record.status.as_str())) }
                             }
                         }
