@@ -8,6 +8,7 @@
 //! Sections of features this version does not have are parsed only to be refused: a key that
 //! would be silently ignored is worse than an error.
 
+mod delivery;
 mod env;
 mod explain;
 mod platform;
@@ -20,11 +21,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use delivery::{ChannelConfig, DEFAULT_CHAT_DIR, DeliveryConfig, EmailConfig, MailTransport};
+use delivery::{channel_from_raw, delivery_from_raw, email_from_raw};
 pub use platform::{Credentials, PlatformConfig};
 pub use raw::{ChannelKind, LogFormat, Validation};
-use raw::{
-    EmailTransport, RawChannel, RawConfig, RawDelivery, RawEmail, RawScripts, RawServer, RawStore,
-};
+use raw::{RawConfig, RawScripts, RawServer, RawStore};
 pub use server::{AccessConfig, Limits, TlsConfig, check_token, parse_net};
 pub use ui::UiConfig;
 
@@ -87,37 +88,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct EmailConfig {
-    pub transport: MailTransport,
-    pub from: String,
-}
-
-/// Where email goes, with what that transport needs: SMTP cannot be chosen without its URL.
-#[derive(Debug, Clone)]
-pub enum MailTransport {
-    Smtp {
-        url: Secret,
-    },
-    /// One `.eml` file per message in `dir`.
-    File {
-        dir: PathBuf,
-    },
-    Log,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    pub max_attempts: u32,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub retry_after_max: Duration,
-    pub timeout: Duration,
-    pub concurrency_per_destination: usize,
-    pub breaker_failures: u32,
-    pub breaker_cooldown: Duration,
-}
-
-#[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub paths: Vec<String>,
@@ -155,21 +125,6 @@ pub struct ScriptsConfig {
     pub max_operations: u64,
     pub max_run_time: Duration,
 }
-
-/// A named chat or webhook destination.
-#[derive(Debug, Clone)]
-pub struct ChannelConfig {
-    pub kind: ChannelKind,
-    /// Absent for kind `log`.
-    pub url: Option<Secret>,
-    pub secret: Option<Secret>,
-    pub headers: BTreeMap<String, String>,
-    /// Where kind `log` writes each message as `<key>.json`; unused by the other kinds.
-    pub dir: PathBuf,
-}
-
-/// Where a `log` channel writes its messages unless its `dir` says otherwise.
-pub const DEFAULT_CHAT_DIR: &str = "data/chat";
 
 /// A value that must never reach a log: its `Debug` prints `***`. Webhook URLs count, since
 /// Slack-style URLs carry their token in the path.
@@ -379,121 +334,6 @@ fn scripts_from_raw(raw: RawScripts) -> Result<ScriptsConfig, ConfigError> {
     })
 }
 
-fn channel_from_raw(name: &str, raw: RawChannel) -> Result<ChannelConfig, ConfigError> {
-    let key = |field: &str| format!("channels.{name}{field}");
-    let valid_name = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !valid_name {
-        let message = "a channel name may only hold letters, digits, '_' and '-'";
-        return Err(ConfigError::invalid(&key(""), message));
-    }
-    let url = match (raw.kind, raw.url) {
-        (ChannelKind::Log, None) => None,
-        (ChannelKind::Log, Some(_)) => {
-            let message = "kind \"log\" sends nowhere; remove the url";
-            return Err(ConfigError::invalid(&key(".url"), message));
-        }
-        (kind, None) => {
-            let message = format!("kind \"{kind}\" needs the URL to post to");
-            return Err(ConfigError::invalid(&key(".url"), message));
-        }
-        (_, Some(url)) if url.starts_with("https://") || url.starts_with("http://") => {
-            Some(Secret(url))
-        }
-        (_, Some(_)) => {
-            let message = "is not an http(s) URL; fix the scheme or remove the channel";
-            return Err(ConfigError::invalid(&key(".url"), message));
-        }
-    };
-    let dir = match (raw.kind, raw.dir) {
-        (ChannelKind::Log, dir) => dir.unwrap_or_else(|| PathBuf::from(DEFAULT_CHAT_DIR)),
-        (kind, Some(_)) => {
-            let message =
-                format!("kind \"{kind}\" posts to its url and writes no files; remove the dir");
-            return Err(ConfigError::invalid(&key(".dir"), message));
-        }
-        (_, None) => PathBuf::from(DEFAULT_CHAT_DIR),
-    };
-    Ok(ChannelConfig {
-        kind: raw.kind,
-        url,
-        secret: raw.secret.filter(|secret| !secret.is_empty()).map(Secret),
-        headers: raw.headers,
-        dir,
-    })
-}
-
-fn email_from_raw(raw: RawEmail) -> Result<EmailConfig, ConfigError> {
-    if raw.from.parse::<lettre::message::Mailbox>().is_err() {
-        let message = format!(
-            "{:?} is not an email address such as \"notirouter@example.com\"",
-            raw.from
-        );
-        return Err(ConfigError::invalid("email.from", message));
-    }
-    let transport = match (raw.transport, raw.smtp_url.is_empty()) {
-        (EmailTransport::Smtp, true) => {
-            let message = "transport \"smtp\" needs smtp_url, e.g. \"smtp://user:pass@host:587?tls=required\"";
-            return Err(ConfigError::invalid("email.smtp_url", message));
-        }
-        (EmailTransport::Smtp, false) => {
-            let valid = raw.smtp_url.starts_with("smtp://") || raw.smtp_url.starts_with("smtps://");
-            if !valid {
-                // The URL may hold a password: the message must not repeat it.
-                let message = "must start with smtp:// or smtps://";
-                return Err(ConfigError::invalid("email.smtp_url", message));
-            }
-            MailTransport::Smtp {
-                url: Secret(raw.smtp_url),
-            }
-        }
-        (EmailTransport::File, _) => MailTransport::File { dir: raw.dir },
-        (EmailTransport::Log, _) => MailTransport::Log,
-    };
-    Ok(EmailConfig {
-        transport,
-        from: raw.from,
-    })
-}
-
-fn delivery_from_raw(raw: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
-    let at_least_one = [
-        ("delivery.max_attempts", raw.max_attempts as usize),
-        (
-            "delivery.concurrency_per_destination",
-            raw.concurrency_per_destination,
-        ),
-        ("delivery.breaker_failures", raw.breaker_failures as usize),
-    ];
-    if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
-        return Err(ConfigError::invalid(key, "must be at least 1"));
-    }
-    if raw.timeout.is_zero() {
-        return Err(ConfigError::invalid(
-            "delivery.timeout",
-            "must be longer than zero",
-        ));
-    }
-    if raw.backoff_initial > raw.backoff_max {
-        return Err(ConfigError::invalid(
-            "delivery.backoff_initial",
-            "must not exceed delivery.backoff_max",
-        ));
-    }
-    Ok(DeliveryConfig {
-        max_attempts: raw.max_attempts,
-        backoff_initial: raw.backoff_initial,
-        backoff_max: raw.backoff_max,
-        retry_after_max: raw.retry_after_max,
-        timeout: raw.timeout,
-        concurrency_per_destination: raw.concurrency_per_destination,
-        breaker_failures: raw.breaker_failures,
-        breaker_cooldown: raw.breaker_cooldown,
-    })
-}
-
 pub(super) fn file_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
     match error.span() {
         Some(span) => {
@@ -536,7 +376,7 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"), Vec::new())
     }
 
@@ -629,27 +469,6 @@ mod tests {
     }
 
     #[test]
-    fn each_email_transport_carries_what_it_needs() {
-        let email = |text: &str| parse(&format!("[email]\n{text}")).map(|c| c.email.transport);
-        let smtp = email("transport = \"smtp\"\nsmtp_url = \"smtp://u:p@h:587\"\n").unwrap();
-        assert!(
-            matches!(&smtp, MailTransport::Smtp { url } if url.expose() == "smtp://u:p@h:587"),
-            "{smtp:?}"
-        );
-        let file = email("transport = \"file\"\ndir = \"out/mail\"\n").unwrap();
-        assert!(
-            matches!(&file, MailTransport::File { dir } if dir == Path::new("out/mail")),
-            "{file:?}"
-        );
-        assert!(matches!(
-            email("transport = \"log\"\n"),
-            Ok(MailTransport::Log)
-        ));
-        let error = email("transport = \"smtp\"\n").unwrap_err().to_string();
-        assert!(error.starts_with("email.smtp_url: "), "{error}");
-    }
-
-    #[test]
     fn scripts_vars_channels_and_platform_budget_are_read() {
         let config = parse(
             "[scripts]\ndir = \"plugins\"\nworkers = 2\nmax_run_time = \"50ms\"\n\
@@ -672,38 +491,6 @@ mod tests {
         assert_eq!(format!("{:?}", config.channels["hook"].secret), "Some(***)");
         assert!(config.platform.enabled);
         assert_eq!(config.platform.packages["1.5"], "f1");
-    }
-
-    #[test]
-    fn channels_need_a_url_except_kind_log() {
-        let error = parse("[channels.ops]\nkind = \"slack\"")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            error,
-            "channels.ops.url: kind \"slack\" needs the URL to post to"
-        );
-        let error = parse("[channels.ops]\nkind = \"slack\"\nurl = \"htp://x\"").unwrap_err();
-        assert!(
-            error.to_string().contains("is not an http(s) URL"),
-            "{error}"
-        );
-        let error = parse("[channels.ops]\nkind = \"log\"\nurl = \"https://x\"").unwrap_err();
-        assert!(error.to_string().contains("remove the url"), "{error}");
-        let log = parse(
-            "[channels.ops]\nkind = \"log\"\n[channels.audit]\nkind = \"log\"\ndir = \"/var/chat\"",
-        )
-        .unwrap();
-        assert_eq!(log.channels["ops"].dir, Path::new("data/chat"));
-        assert_eq!(log.channels["audit"].dir, Path::new("/var/chat"));
-        let error = parse("[channels.ops]\nkind = \"slack\"\nurl = \"https://x\"\ndir = \"d\"")
-            .unwrap_err()
-            .to_string();
-        assert!(error.starts_with("channels.ops.dir: "), "{error}");
-        let error = parse("[channels.ops]\nkind = \"sms\"")
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("unknown variant `sms`"), "{error}");
     }
 
     #[test]
