@@ -8,8 +8,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use lettre::message::{Mailbox, Mailboxes, MultiPart, header};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
+use super::files::write_message_file;
 use super::retry::Verdict;
-use super::send::write_message_file;
 use crate::action::Email;
 use crate::config::{EmailConfig, MailTransport};
 use crate::model::Millis;

@@ -12,6 +12,7 @@
 mod breaker;
 mod clock;
 mod email;
+mod files;
 mod outcome;
 mod payload;
 mod platform;
@@ -122,13 +123,4 @@ impl Deliverer {
             tracing::error!("the delivery scheduler panicked; pending actions resume on restart");
         }
     }
-}
-
-/// Writes `dir/name` through a temporary file and a rename, so that a crash never leaves half
-/// a message and a resend replaces the first copy.
-async fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
-    let temporary = dir.join(format!(".{name}.tmp"));
-    tokio::fs::write(&temporary, bytes).await?;
-    tokio::fs::rename(&temporary, dir.join(name)).await
 }

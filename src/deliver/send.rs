@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::DeliveryError;
 use super::email::Mailer;
+use super::files::write_message_file;
 use super::payload::{chat_body, dingtalk_url, feishu_sign, webhook_signature};
 use super::platform::PlatformSender;
 use super::retry::{Verdict, classify_http};
@@ -242,18 +243,6 @@ async fn log_chat(channel: &str, dir: &Path, body: &Value, key: &str) -> Verdict
     tracing::info!(%channel, message = %body, "chat message (log channel)");
     let bytes = serde_json::to_vec_pretty(body).expect("a JSON value serialises");
     write_message_file(dir, &format!("{key}.json"), &bytes).await
-}
-
-/// Writes one message as the file `name` in `dir`; a resend replaces rather than duplicates
-/// it. A failure to write is worth a retry.
-pub(super) async fn write_message_file(dir: &Path, name: &str, bytes: &[u8]) -> Verdict {
-    match super::write_atomically(dir, name, bytes).await {
-        Ok(()) => Verdict::Sent { result: None },
-        Err(error) => Verdict::Retry {
-            reason: format!("cannot write {name} in {}: {error}", dir.display()),
-            after: None,
-        },
-    }
 }
 
 #[cfg(test)]
