@@ -39,6 +39,7 @@ contract!(
     an_event_whose_claimer_stalls_past_the_lease_goes_to_another,
     claimers_share_due_actions_without_overlap,
     an_action_whose_claimer_stalls_past_the_lease_is_sent_by_another,
+    a_claim_renewed_by_its_holder_outlasts_the_first_lease,
     a_result_ends_the_claim_and_a_retry_is_claimable_when_due,
     a_batch_whose_state_changed_since_it_was_read_is_refused,
 );

@@ -21,7 +21,7 @@ mod scheduler;
 mod send;
 mod slots;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::{Notify, watch};
@@ -97,6 +97,8 @@ impl Deliverer {
             slots: Slots::new(&policy),
             claimer: Claimer::of_this_process("deliver"),
             clock: Arc::new(SystemClock),
+            sending: Mutex::default(),
+            renew_every: config.store.lease / 3,
         });
         let (stop, stopped) = watch::channel(false);
         // One thread: sends wait on the network, not the CPU, and on a busy core more worker

@@ -1,8 +1,8 @@
 //! The scheduler: claims due actions per destination, as many as [`Slots`] allow, sends each
 //! as a task and records its result through the store's writer.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -34,6 +34,11 @@ pub struct Scheduler {
     /// The claims this instance's sends hold in the store.
     pub claimer: Claimer,
     pub clock: Arc<dyn Clock>,
+    /// The actions being sent, whose claims are renewed every `renew_every` (a third of the
+    /// lease), so that a send that takes longer than the lease (a platform task creation that
+    /// waits out throttling) keeps its claim while this instance lives.
+    pub sending: Mutex<HashSet<String>>,
+    pub renew_every: Duration,
 }
 
 impl Scheduler {
@@ -44,6 +49,7 @@ impl Scheduler {
         let mut sends: JoinSet<Destination> = JoinSet::new();
         let mut next_round = tokio::time::Instant::now();
         let mut next_gauge = tokio::time::Instant::now();
+        let mut next_renewal = tokio::time::Instant::now() + self.renew_every;
         loop {
             let now = tokio::time::Instant::now();
             if now >= next_round {
@@ -57,10 +63,15 @@ impl Scheduler {
                 self.measure_oldest_pending().await;
                 next_gauge = now + MAX_IDLE;
             }
+            if now >= next_renewal {
+                self.renew_claims().await;
+                next_renewal = now + self.renew_every;
+            }
+            let wake = next_round.min(next_gauge).min(next_renewal);
             tokio::select! {
                 _ = stopped.changed() => break,
                 _ = self.queued.notified() => next_round = tokio::time::Instant::now(),
-                _ = tokio::time::sleep_until(next_round.min(next_gauge)) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 Some(done) = sends.join_next(), if !sends.is_empty() => {
                     self.refill_after(done, &mut sends).await;
                 }
@@ -137,9 +148,32 @@ impl Scheduler {
         self.slots
             .started(destination, claimed, self.clock.instant());
         for pending in due.iter().flatten() {
+            self.sending().insert(pending.id.clone());
             sends.spawn(Arc::clone(self).deliver(pending.clone()));
         }
         due.map(drop)
+    }
+
+    /// Extends the claims of the sends still running.
+    async fn renew_claims(&self) {
+        let ids: Vec<String> = self.sending().iter().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let (by, now) = (self.claimer.clone(), self.clock.now());
+        let renewed = self
+            .blocking(move |store| store.renew_action_claims(&by, &ids, now))
+            .await;
+        if let Err(error) = renewed {
+            tracing::warn!(%error, "cannot renew the claims of running sends; another instance may send them again once their lease ends");
+        }
+    }
+
+    fn sending(&self) -> MutexGuard<'_, HashSet<String>> {
+        // The set is only inserted into and removed from: a panic cannot leave it half-changed.
+        self.sending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn measure_oldest_pending(&self) {
@@ -173,6 +207,7 @@ impl Scheduler {
         if let Err(error) = self.intake.record_deliveries(vec![update]).await {
             tracing::error!(%error, action_id = %pending.id, "cannot record a delivery; it will be sent again");
         }
+        self.sending().remove(&pending.id);
         self.count(&pending, &verdict);
         let change = self
             .slots

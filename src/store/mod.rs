@@ -443,6 +443,16 @@ pub trait Store: StateView + Send + Sync + 'static {
         now: Millis,
     ) -> Result<Vec<PendingAction>, StoreError>;
 
+    /// Extends, for the store's lease from `now`, the claims that `by` still holds among `ids`
+    /// (actions whose sends are still running); returns how many it extended. A claim already
+    /// taken over, or ended by a result, is left alone.
+    fn renew_action_claims(
+        &self,
+        by: &Claimer,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<usize, StoreError>;
+
     /// When the next pending action falls due (cheap: called after every scheduling round).
     fn next_due(&self) -> Result<Option<Millis>, StoreError>;
 

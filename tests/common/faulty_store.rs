@@ -145,6 +145,15 @@ impl Store for FaultyStore {
         self.inner.claim_due_actions(destination, by, limit, now)
     }
 
+    fn renew_action_claims(
+        &self,
+        by: &Claimer,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.inner.renew_action_claims(by, ids, now)
+    }
+
     fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         self.inner.next_due()
     }

@@ -280,6 +280,48 @@ pub fn an_action_whose_claimer_stalls_past_the_lease_is_sent_by_another(backend:
     assert_eq!(action.attempt_log.len(), 1, "{action:?}");
 }
 
+pub fn a_claim_renewed_by_its_holder_outlasts_the_first_lease(backend: Backend) {
+    let store = backend.store;
+    let queued = queue_actions(&*store, 1);
+    let (sending, other) = (Claimer::named("sending"), Claimer::named("other"));
+    let taken = store.claim_due_actions(&ops(), &sending, 10, T0).unwrap();
+    let ids: Vec<String> = taken.iter().map(|p| p.id.clone()).collect();
+    // Another claimer renews nothing it does not hold.
+    assert_eq!(
+        store.renew_action_claims(&other, &ids, later(1)).unwrap(),
+        0
+    );
+    let renewed_at = later(LEASE_MS - 1);
+    assert_eq!(
+        store
+            .renew_action_claims(&sending, &ids, renewed_at)
+            .unwrap(),
+        1
+    );
+    let until = renewed_at.0 + LEASE_MS;
+    let too_early = store
+        .claim_due_actions(&ops(), &other, 10, Millis(until - 1))
+        .unwrap();
+    assert!(too_early.is_empty(), "{too_early:?}");
+    let taken_over = store
+        .claim_due_actions(&ops(), &other, 10, Millis(until))
+        .unwrap();
+    assert_eq!(
+        taken_over
+            .iter()
+            .map(|p| p.id.clone())
+            .collect::<BTreeSet<_>>(),
+        queued
+    );
+    // Once taken over, the first claimer's renewal no longer holds it.
+    assert_eq!(
+        store
+            .renew_action_claims(&sending, &ids, Millis(until + 1))
+            .unwrap(),
+        0
+    );
+}
+
 pub fn a_result_ends_the_claim_and_a_retry_is_claimable_when_due(backend: Backend) {
     let store = backend.store;
     queue_actions(&*store, 1);

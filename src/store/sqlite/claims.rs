@@ -101,6 +101,27 @@ impl SqliteStore {
         rows.into_iter().map(|(row, _)| row.into_action()).collect()
     }
 
+    pub(super) fn renew_action_claims_for(
+        &self,
+        by: &Claimer,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let lease_until = now.0.saturating_add(self.lease.as_millis() as i64);
+        self.claim_write(|transaction| {
+            ids.iter().try_fold(0, |renewed, id| {
+                execute_cached(
+                    transaction,
+                    "UPDATE actions SET lease_until = ?3
+                     WHERE id = ?1 AND claimed_by = ?2 AND status = 'pending'",
+                    params![id, by.as_str(), lease_until],
+                )
+                .map(|changed| renewed + changed)
+                .map_err(database("renewing a claim"))
+            })
+        })
+    }
+
     /// The embedded store serves one instance: when it starts, every claim is a stopped
     /// process's.
     pub(super) fn release_all_claims(&self) -> Result<(), StoreError> {

@@ -118,7 +118,7 @@ impl SqliteStore {
                 .prepare_cached(
                     "SELECT seq, id FROM events WHERE received_at < ?1 AND status != 'pending'
                      AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.event_id = events.id
-                                     AND a.status IN ('pending', 'in_flight', 'dead'))
+                                     AND a.status IN ('pending', 'dead'))
                      LIMIT ?2",
                 )
                 .map_err(database("finding prunable events"))?;

@@ -281,6 +281,15 @@ impl Store for SqliteStore {
         self.claim_actions_for(destination, by, limit, now)
     }
 
+    fn renew_action_claims(
+        &self,
+        by: &Claimer,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.renew_action_claims_for(by, ids, now)
+    }
+
     fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         self.read_next_due()
     }
