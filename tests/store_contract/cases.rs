@@ -11,8 +11,8 @@ use notirouter::model::state::{Effective, StateChanges, StateView};
 use notirouter::model::{EventId, EventStatus, Millis};
 use notirouter::notification::canonical_hash;
 use notirouter::store::{
-    Appended, Attempt, AttemptOutcome, Claimer, DeliveryUpdate, EventOutcome, NewEvent, Store,
-    StoreError, StoredEvent,
+    Appended, Attempt, AttemptOutcome, Claimer, DeliveryUpdate, EventOutcome, NewEvent,
+    PendingAction, Store, StoreError, StoredEvent,
 };
 use serde_json::json;
 
@@ -184,6 +184,11 @@ fn ops() -> Destination {
 }
 
 /// Queues `count` chat actions to [`ops`], due at [`T0`].
+/// The ids of claimed actions.
+fn ids_of(actions: &[PendingAction]) -> BTreeSet<String> {
+    actions.iter().map(|p| p.id.clone()).collect()
+}
+
 fn queue_actions(store: &dyn Store, count: usize) -> BTreeSet<String> {
     let event = append(store, &[notification("a", 1)])[0];
     let by = Claimer::named("scripts");
@@ -245,13 +250,7 @@ pub fn an_action_whose_claimer_stalls_past_the_lease_is_sent_by_another(backend:
     let retaken = store
         .claim_due_actions(&ops(), &next, 10, later(LEASE_MS))
         .unwrap();
-    assert_eq!(
-        retaken
-            .iter()
-            .map(|p| p.id.clone())
-            .collect::<BTreeSet<_>>(),
-        queued
-    );
+    assert_eq!(ids_of(&retaken), queued);
     assert_eq!(retaken[0].idempotency_key, taken[0].idempotency_key);
     // The stalled claimer's late result is ignored; the new claimer's counts.
     let late = DeliveryUpdate::Sent {
@@ -306,13 +305,7 @@ pub fn a_claim_renewed_by_its_holder_outlasts_the_first_lease(backend: Backend) 
     let taken_over = store
         .claim_due_actions(&ops(), &other, 10, Millis(until))
         .unwrap();
-    assert_eq!(
-        taken_over
-            .iter()
-            .map(|p| p.id.clone())
-            .collect::<BTreeSet<_>>(),
-        queued
-    );
+    assert_eq!(ids_of(&taken_over), queued);
     // Once taken over, the first claimer's renewal no longer holds it.
     assert_eq!(
         store
