@@ -9,6 +9,7 @@ pub mod campaigns;
 mod claim;
 mod intake;
 mod open;
+pub mod postgres;
 pub mod rules;
 pub mod sqlite;
 mod wakeup;
@@ -24,6 +25,7 @@ use crate::notification::Problem;
 pub use claim::{ActionClaim, Claimer};
 pub use intake::{Intake, IntakeError, IntakeMetrics, IntakeWriter, Signals};
 pub use open::{Opener, open};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use wakeup::Wakeup;
 
@@ -46,6 +48,10 @@ pub enum StoreError {
         context: &'static str,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "cannot reach the database {target}: {reason}; check store.url and that PostgreSQL is up"
+    )]
+    Unreachable { target: String, reason: String },
     #[error("stored data is damaged ({0}); restore the store from a backup")]
     Damaged(String),
     #[error(
@@ -249,6 +255,14 @@ pub enum ActionStatus {
 }
 
 impl ActionStatus {
+    pub const ALL: [ActionStatus; 5] = [
+        ActionStatus::Pending,
+        ActionStatus::Sent,
+        ActionStatus::Skipped,
+        ActionStatus::Dead,
+        ActionStatus::Dropped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ActionStatus::Pending => "pending",
@@ -271,6 +285,17 @@ impl ActionStatus {
 impl std::fmt::Display for ActionStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ActionStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ActionStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| format!("unknown action status {text:?}"))
     }
 }
 

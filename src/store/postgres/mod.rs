@@ -1,0 +1,375 @@
+//! The PostgreSQL store, for several instances on one database: every claim, duplicate check
+//! and piece of script state is decided in the database, never in one instance's memory.
+//!
+//! The [`Store`] trait is synchronous (its callers are the intake's writer thread, script
+//! workers and blocking tasks), and tokio-postgres is asynchronous: the store owns a small
+//! runtime of its own and blocks on it, so no caller's runtime is ever blocked or entered.
+//! The files below hold the statements by stage, as for SQLite.
+
+mod campaigns;
+mod claims;
+mod delivery;
+mod intake;
+mod outcomes;
+mod queries;
+mod schema;
+mod target;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, Transaction};
+use ulid::{Generator, Ulid};
+
+use super::{
+    Appended, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome,
+    EventSummary, GroupWritten, NewEvent, OutcomeBatch, PendingAction, Pruned, RejectedBody, Store,
+    StoreError, StoredEvent, WriteGroup, write_separately,
+};
+use crate::config::{PostgresConfig, StoreConfig};
+use crate::destination::Destination;
+use crate::model::state::StateChanges;
+use crate::model::{EventId, Millis};
+
+pub use target::Target;
+
+/// How long a caller waits for a free connection, or for a new one, before the store answers
+/// that the database cannot be reached (the receiver then answers 503).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct PgStore {
+    runtime: tokio::runtime::Runtime,
+    pool: Pool,
+    /// Where the database is, for messages (never the password).
+    target: Target,
+    /// Action ids: monotonic within a millisecond.
+    ids: Mutex<Generator>,
+    dedup_window: Duration,
+    rejected_max_count: u64,
+    /// How long a claim holds.
+    lease: Duration,
+}
+
+/// Wraps a database error with what the store was doing.
+fn database(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |source| StoreError::Database {
+        context,
+        source: Box::new(source),
+    }
+}
+
+impl PgStore {
+    /// Connects (proving the database answers) and migrates the schema.
+    pub fn open(config: &StoreConfig, postgres: &PostgresConfig) -> Result<PgStore, StoreError> {
+        let target = Target::of(&postgres.url);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("notirouter-postgres")
+            .enable_all()
+            .build()
+            .map_err(StoreError::Thread)?;
+        let pool = runtime.block_on(async { build_pool(postgres) })?;
+        let store = PgStore {
+            runtime,
+            pool,
+            target,
+            ids: Mutex::new(Generator::new()),
+            dedup_window: config.dedup_window,
+            rejected_max_count: config.rejected_max_count,
+            lease: config.lease,
+        };
+        store.with_client(async |client| schema::migrate(client).await)?;
+        Ok(store)
+    }
+
+    /// Where this store's database is, as `host:port/database`.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Runs `work` on a pooled connection.
+    fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Object) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.runtime.block_on(async {
+            let mut client = self.connection().await?;
+            work(&mut client).await
+        })
+    }
+
+    /// Runs `work` in one transaction, committed when it returns `Ok`. A durable transaction
+    /// returns only once PostgreSQL has flushed its commit (`synchronous_commit = on`); any
+    /// other (a claim) commits without waiting for the disk, since a lost claim only makes
+    /// its rows claimable again.
+    fn in_transaction<T>(
+        &self,
+        durability: Durability,
+        work: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_client(async |client| {
+            let transaction = client
+                .transaction()
+                .await
+                .map_err(database("starting a transaction"))?;
+            let commit = match durability {
+                Durability::Durable => "SET LOCAL synchronous_commit = on",
+                Durability::Claim => "SET LOCAL synchronous_commit = off",
+            };
+            transaction
+                .batch_execute(commit)
+                .await
+                .map_err(database("setting the commit's durability"))?;
+            let done = work(&transaction).await?;
+            transaction.commit().await.map_err(database("committing"))?;
+            Ok(done)
+        })
+    }
+
+    async fn connection(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|error| StoreError::Unreachable {
+                target: self.target.to_string(),
+                reason: pool_error_reason(error),
+            })
+    }
+
+    fn next_id(&self) -> Ulid {
+        lock(&self.ids)
+            .generate()
+            .unwrap_or_else(|overflow| overflow.commit_overflow_increment())
+    }
+
+    fn lease_from(&self, now: Millis) -> i64 {
+        now.0.saturating_add(self.lease.as_millis() as i64)
+    }
+}
+
+/// Whether a transaction's commit must reach the disk before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Durable,
+    Claim,
+}
+
+fn build_pool(postgres: &PostgresConfig) -> Result<Pool, StoreError> {
+    let mut connect = postgres.url.clone();
+    connect
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .application_name("notirouter");
+    let manager = Manager::from_config(
+        connect,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(postgres.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|error| StoreError::Unreachable {
+            target: Target::of(&postgres.url).to_string(),
+            reason: error.to_string(),
+        })
+}
+
+/// What went wrong getting a connection, in words for the operator. tokio-postgres never puts
+/// the password in its messages.
+fn pool_error_reason(error: deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match error {
+        PoolError::Timeout(_) => {
+            "no connection within 5 s (is the database up and reachable?)".into()
+        }
+        PoolError::Backend(error) => match error.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => error.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// The connection under the pool's wrapper, for code that takes any client.
+fn plain(client: &Object) -> &tokio_postgres::Client {
+    client
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The stored form of an event id's time part, for lookups by (seq, received_at).
+fn received_at_of(id: EventId) -> i64 {
+    i64::try_from(id.0.timestamp_ms()).unwrap_or(i64::MAX)
+}
+
+/// Commits the whole group in one transaction: any failure leaves none of it stored.
+fn write_together(store: &PgStore, group: &WriteGroup<'_>) -> Result<GroupWritten, StoreError> {
+    store.in_transaction(Durability::Durable, async |transaction| {
+        let appended = store
+            .append_in(transaction, group.events, group.rejected)
+            .await?;
+        for batch in group.outcomes {
+            store.outcomes_in(transaction, batch, group.now).await?;
+        }
+        let raised = store
+            .deliveries_in(transaction, group.deliveries, group.now)
+            .await?;
+        Ok(GroupWritten {
+            appended: Ok(appended),
+            outcomes: group.outcomes.iter().map(|_| Ok(())).collect(),
+            deliveries: Ok(raised),
+        })
+    })
+}
+
+impl Store for PgStore {
+    fn append(
+        &self,
+        events: &[NewEvent],
+        rejected: &[RejectedBody],
+    ) -> Result<Vec<Appended>, StoreError> {
+        let group = WriteGroup {
+            events,
+            rejected,
+            ..WriteGroup::empty(Millis::now())
+        };
+        write_together(self, &group)?.appended
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        self.with_client(async |client| {
+            client
+                .batch_execute("SELECT 1")
+                .await
+                .map_err(database("probing the database"))
+        })
+    }
+
+    fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError> {
+        self.prune_before(before, limit)
+    }
+
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
+        self.query_events(filter)
+    }
+
+    fn event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
+        self.query_event(id)
+    }
+
+    fn stored_event(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        self.read_stored(id)
+    }
+
+    fn claim_events(
+        &self,
+        by: &Claimer,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.claim_events_for(by, limit, now)
+    }
+
+    /// Instances share the database: a claim another instance holds is left to its lease.
+    fn release_stale_claims(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn record_outcomes(
+        &self,
+        outcomes: &[EventOutcome],
+        changes: &StateChanges,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let group = WriteGroup {
+            outcomes: &[OutcomeBatch { outcomes, changes }],
+            ..WriteGroup::empty(now)
+        };
+        write_together(self, &group).map(drop)
+    }
+
+    fn due_destinations(&self, now: Millis) -> Result<Vec<Destination>, StoreError> {
+        self.read_due_destinations(now)
+    }
+
+    fn claim_due_actions(
+        &self,
+        destination: &Destination,
+        by: &Claimer,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<PendingAction>, StoreError> {
+        self.claim_actions_for(destination, by, limit, now)
+    }
+
+    fn renew_action_claims(
+        &self,
+        by: &Claimer,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.renew_action_claims_for(by, ids, now)
+    }
+
+    fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.read_next_due()
+    }
+
+    fn oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
+        self.read_oldest_pending()
+    }
+
+    fn record_deliveries(
+        &self,
+        updates: &[DeliveryUpdate],
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let group = WriteGroup {
+            deliveries: updates,
+            ..WriteGroup::empty(now)
+        };
+        write_together(self, &group)?.deliveries
+    }
+
+    /// One transaction for the group; if it fails, each part alone, so that one part's
+    /// failure fails only it.
+    fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
+        write_together(self, group).unwrap_or_else(|error| {
+            match error {
+                StoreError::StateConflict => {
+                    tracing::debug!(%error, "a write group failed; storing its parts one by one")
+                }
+                _ => tracing::warn!(%error, "a write group failed; storing its parts one by one"),
+            }
+            write_separately(self, group)
+        })
+    }
+
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read_dead_letters()
+    }
+
+    fn requeue_dead(&self, id: Option<&str>) -> Result<usize, StoreError> {
+        self.write_requeue(id)
+    }
+
+    fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
+        self.write_drop(id)
+    }
+
+    fn campaign_view(&self) -> Option<&dyn super::campaigns::CampaignView> {
+        Some(self)
+    }
+}
