@@ -760,3 +760,95 @@ fn doctor_logs_in_to_the_platform_and_says_when_the_credentials_are_refused() {
     assert!(platform_line(&report).starts_with("PROBLEM"), "{report}");
     assert!(!all_output(&output).contains("not-the-secret"), "{report}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Two instances on one store
+// ---------------------------------------------------------------------------------------------
+
+/// Two clients of one app on one store, as two instances of a server would be.
+struct TwoInstances {
+    instances: [Arc<Platform>; 2],
+    _dir: tempfile::TempDir,
+}
+
+impl TwoInstances {
+    fn on(fake: &FakePlatform) -> TwoInstances {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[store]\npath = \"{}\"\n",
+            dir.path().join("s.db").display()
+        );
+        let config = Config::parse(&text, Path::new("test.toml"), Vec::new()).unwrap();
+        let store =
+            notirouter::store::open(&config.store, notirouter::store::Opener::Server).unwrap();
+        let platform = platform_config(&fake.config(""));
+        let instance = || {
+            let sharing = Platform::sharing(&platform, Duration::from_secs(5), Arc::clone(&store));
+            Arc::new(sharing.unwrap())
+        };
+        TwoInstances {
+            instances: [instance(), instance()],
+            _dir: dir,
+        }
+    }
+
+    /// `count` task creations at once, alternating between the instances; each must succeed.
+    async fn create_tasks(&self, first: usize, count: usize) {
+        let calls = (first..first + count).map(|n| {
+            let platform = Arc::clone(&self.instances[n % 2]);
+            tokio::spawn(async move {
+                platform
+                    .create_task(UpgradeKind::Software, "sw-1.5", &op(&format!("d{n}")))
+                    .await
+            })
+        });
+        for call in futures_util::future::join_all(calls).await {
+            call.unwrap().unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_one_store_log_in_once_and_share_the_token() {
+    let fake = FakePlatform::start();
+    let both = TwoInstances::on(&fake);
+    both.create_tasks(0, 20).await;
+    assert_eq!(fake.count(Route::Login), 1, "{:#?}", fake.requests());
+    assert_eq!(fake.count(Route::Refresh), 0);
+    assert_eq!(fake.tasks().len(), 20);
+    assert_eq!(
+        fake.count(Route::CreateSoftware),
+        20,
+        "no call was refused for a token the other instance revoked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_one_store_refresh_an_expired_token_once() {
+    let fake = FakePlatform::start();
+    fake.next_tokens_last([0]);
+    let both = TwoInstances::on(&fake);
+    assert_eq!(both.instances[0].login().await.unwrap(), 0);
+    both.create_tasks(0, 20).await;
+    assert_eq!(fake.count(Route::Login), 1, "{:#?}", fake.requests());
+    assert_eq!(fake.count(Route::Refresh), 1);
+    assert_eq!(fake.tasks().len(), 20);
+    let creates = fake.requests_to(Route::CreateSoftware);
+    assert!(creates.iter().all(|r| bearer(r) == "Bearer access-2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_whose_token_was_revoked_log_in_once_between_them() {
+    let fake = FakePlatform::start();
+    let both = TwoInstances::on(&fake);
+    both.create_tasks(0, 2).await;
+    fake.revoke_tokens();
+    both.create_tasks(2, 20).await;
+    assert_eq!(fake.count(Route::Login), 2, "{:#?}", fake.requests());
+    assert_eq!(fake.tasks().len(), 22);
+    let refused = fake.count(Route::CreateSoftware) - fake.tasks().len();
+    assert!(
+        refused <= 20,
+        "each call is refused at most once, with the revoked token: {refused} refusals"
+    );
+}
