@@ -308,29 +308,27 @@ fn a_refused_creation_is_dead_lettered_and_reported_to_the_scripts() {
 }
 
 #[test]
-fn a_login_by_subscribe_meanwhile_costs_the_server_one_login() {
+fn subscribe_beside_a_server_uses_its_token_instead_of_revoking_it() {
     let fake = FakePlatform::start();
     let server = start(&fake, "");
-    server.post_accepted(&sw_fail("dev-1", "s1"));
+    server.post_accepted(&sw_fail("dev-a", "s1"));
     wait_for_tasks(&fake, &server, 1);
-
-    let subscribed = server.cli(&["subscribe", "--callback-url", "https://203.0.113.7:8443/cb"]);
-    assert_exit(&subscribed, 0);
+    let url = "https://203.0.113.7:8443/v1.0.0/messageReceiver";
+    let output = server.cli(&["subscribe", "--callback-url", url]);
+    assert_exit(&output, 0);
     assert_eq!(
         fake.count(Route::Login),
-        2,
-        "subscribe logs in with the same app id"
+        1,
+        "subscribe read the stored token"
     );
-
-    server.post_accepted(&sw_fail("dev-2", "s2"));
+    server.post_accepted(&sw_fail("dev-b", "s2"));
     wait_for_tasks(&fake, &server, 2);
-    let creates = fake.requests_to(Route::CreateSoftware);
-    let tokens: Vec<String> = creates.iter().map(bearer).collect();
+    assert_eq!(fake.count(Route::Login), 1);
     assert_eq!(
-        tokens,
-        ["Bearer access-1", "Bearer access-1", "Bearer access-3"]
+        fake.count(Route::CreateSoftware),
+        2,
+        "the server's token still held"
     );
-    assert_eq!(fake.count(Route::Login), 3);
 }
 
 #[test]
