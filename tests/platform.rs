@@ -566,16 +566,11 @@ fn op(device: &str) -> PlatformOp {
     PlatformOp::retry_upgrade(device, "swUpgradeResultNotify", "1.5")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_expired_token_is_refreshed_once_for_twenty_concurrent_calls() {
-    let fake = FakePlatform::start();
-    fake.next_tokens_last([0]);
-    let platform = Arc::new(
-        Platform::new(&platform_config(&fake.config("")), Duration::from_secs(5)).unwrap(),
-    );
-    assert_eq!(platform.login().await.unwrap(), 0);
-    let calls = (0..20).map(|n| {
-        let platform = Arc::clone(&platform);
+/// `count` task creations at once, for devices `d{first}`..., alternating between
+/// `platforms`; each must succeed.
+async fn create_tasks(platforms: &[Arc<Platform>], first: usize, count: usize) {
+    let calls = (first..first + count).map(|n| {
+        let platform = Arc::clone(&platforms[n % platforms.len()]);
         tokio::spawn(async move {
             platform
                 .create_task(UpgradeKind::Software, "sw-1.5", &op(&format!("d{n}")))
@@ -585,6 +580,17 @@ async fn an_expired_token_is_refreshed_once_for_twenty_concurrent_calls() {
     for call in futures_util::future::join_all(calls).await {
         call.unwrap().unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_token_is_refreshed_once_for_twenty_concurrent_calls() {
+    let fake = FakePlatform::start();
+    fake.next_tokens_last([0]);
+    let platform = Arc::new(
+        Platform::new(&platform_config(&fake.config("")), Duration::from_secs(5)).unwrap(),
+    );
+    assert_eq!(platform.login().await.unwrap(), 0);
+    create_tasks(&[platform], 0, 20).await;
     assert_eq!(fake.count(Route::Refresh), 1);
     assert_eq!(fake.count(Route::Login), 1);
     let creates = fake.requests_to(Route::CreateSoftware);
@@ -790,19 +796,8 @@ impl TwoInstances {
         }
     }
 
-    /// `count` task creations at once, alternating between the instances; each must succeed.
     async fn create_tasks(&self, first: usize, count: usize) {
-        let calls = (first..first + count).map(|n| {
-            let platform = Arc::clone(&self.instances[n % 2]);
-            tokio::spawn(async move {
-                platform
-                    .create_task(UpgradeKind::Software, "sw-1.5", &op(&format!("d{n}")))
-                    .await
-            })
-        });
-        for call in futures_util::future::join_all(calls).await {
-            call.unwrap().unwrap();
-        }
+        create_tasks(&self.instances, first, count).await;
     }
 }
 
