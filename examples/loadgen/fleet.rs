@@ -9,18 +9,25 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::{Args, Stats, Window, bench, notification_body};
+use super::{Args, NEXT_NOTIFICATION, Stats, Window, bench, notification_body};
 use bench::{ERROR_PAUSE, optional, post_request};
 
 /// The process name of PostgreSQL's server and backends.
 const POSTGRES: &str = "postgres";
+/// Notifications numbered per run from the start time in ms times this, so that a run
+/// against instances that kept an earlier run's store sends no duplicates of it.
+const PER_MS: u64 = 1_000_000;
 
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     let targets = Arc::new(resolve(&args.targets)?);
+    let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    NEXT_NOTIFICATION.store(started * PER_MS, Ordering::Relaxed);
     println!(
         "loadgen: {} target(s) {}, notirouter pids {:?}, load generator on CPUs {}; \
          warm-up {:?}, measured {:?} per phase",
