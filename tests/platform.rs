@@ -308,6 +308,30 @@ fn a_refused_creation_is_dead_lettered_and_reported_to_the_scripts() {
 }
 
 #[test]
+fn the_login_check_beside_a_server_hands_its_token_to_the_server() {
+    let fake = FakePlatform::start();
+    let server = start(&fake, "");
+    server.post_accepted(&sw_fail("dev-a", "s1"));
+    wait_for_tasks(&fake, &server, 1);
+    let output = server.cli(&["doctor"]);
+    assert!(
+        stdout(&output).contains("logged in to"),
+        "{}",
+        all_output(&output)
+    );
+    assert_eq!(fake.count(Route::Login), 2, "the check logs in");
+    server.post_accepted(&sw_fail("dev-b", "s2"));
+    wait_for_tasks(&fake, &server, 2);
+    assert_eq!(
+        fake.count(Route::Login),
+        2,
+        "the server took the stored token up instead of logging in again"
+    );
+    let last = fake.requests_to(Route::CreateSoftware).pop().unwrap();
+    assert_eq!(bearer(&last), "Bearer access-2");
+}
+
+#[test]
 fn subscribe_beside_a_server_uses_its_token_instead_of_revoking_it() {
     let fake = FakePlatform::start();
     let server = start(&fake, "");
@@ -716,23 +740,25 @@ mod mutual_tls {
             pki.path("client.key")
         );
         let by_name = format!("https://localhost:{}", front.port());
-        let answer = check_login(&config(&by_name, &with_client)).await.unwrap();
+        let answer = check_login(&config(&by_name, &with_client), None)
+            .await
+            .unwrap();
         assert!(answer.contains("logged in"), "{answer}");
 
         let without_client = format!("ca_cert = \"{}\"\n", pki.path("ca.pem"));
-        let error = check_login(&config(&by_name, &without_client))
+        let error = check_login(&config(&by_name, &without_client), None)
             .await
             .unwrap_err();
         assert!(error.to_string().contains("TLS handshake"), "{error}");
 
         // Reached by IP, the certificate's name does not match: refused unless relaxed.
         let by_ip = format!("https://127.0.0.1:{}", front.port());
-        let error = check_login(&config(&by_ip, &with_client))
+        let error = check_login(&config(&by_ip, &with_client), None)
             .await
             .unwrap_err();
         assert!(error.to_string().contains("TLS handshake"), "{error}");
         let relaxed = format!("{with_client}verify_hostname = false\n");
-        check_login(&config(&by_ip, &relaxed)).await.unwrap();
+        check_login(&config(&by_ip, &relaxed), None).await.unwrap();
         assert_eq!(fake.count(Route::Login), 2);
     }
 }

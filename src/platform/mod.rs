@@ -123,9 +123,14 @@ impl Platform {
 }
 
 /// The login check of `notirouter doctor`: logs in with the configured credentials and says
-/// so in plain words, or returns the error that tells the operator what to fix.
-pub async fn check_login(config: &PlatformConfig) -> Result<String, PlatformError> {
-    let platform = Platform::new(config, CHECK_TIMEOUT)?;
+/// so in plain words, or returns the error that tells the operator what to fix. Given the
+/// store that running instances use, it logs in under the store's renewal lock and stores the
+/// token, so that they take it up instead of logging in again.
+pub async fn check_login(
+    config: &PlatformConfig,
+    store: Option<Arc<dyn Store>>,
+) -> Result<String, PlatformError> {
+    let platform = Platform::build(config, CHECK_TIMEOUT, store)?;
     let expires_in = platform.login().await?;
     Ok(format!(
         "logged in to {} as app {}; the token lasts {expires_in} s",
