@@ -798,6 +798,7 @@ fn doctor_logs_in_to_the_platform_and_says_when_the_credentials_are_refused() {
 /// Two clients of one app on one store, as two instances of a server would be.
 struct TwoInstances {
     instances: [Arc<Platform>; 2],
+    store: Arc<dyn notirouter::store::Store>,
     _dir: tempfile::TempDir,
 }
 
@@ -818,6 +819,7 @@ impl TwoInstances {
         };
         TwoInstances {
             instances: [instance(), instance()],
+            store,
             _dir: dir,
         }
     }
@@ -870,4 +872,53 @@ async fn two_instances_whose_token_was_revoked_log_in_once_between_them() {
         refused <= 20,
         "each call is refused at most once, with the revoked token: {refused} refusals"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_never_logs_in_while_another_holds_the_renewal_lock() {
+    use notirouter::model::Millis;
+    use notirouter::store::{Claimer, PlatformToken};
+    let fake = FakePlatform::start();
+    let both = TwoInstances::on(&fake);
+    both.create_tasks(0, 1).await;
+    let holder = Claimer::named("another instance");
+    let now = Millis::now();
+    let until = Millis(now.0 + 60_000);
+    assert!(
+        both.store
+            .claim_token_renewal(APP_ID, &holder, now, until)
+            .unwrap()
+    );
+    fake.revoke_tokens();
+    let waiting = tokio::spawn({
+        let platform = Arc::clone(&both.instances[0]);
+        async move {
+            platform
+                .create_task(UpgradeKind::Software, "sw-1.5", &op("d-waiting"))
+                .await
+        }
+    });
+    // Refused with the revoked token, the instance now waits for the lock.
+    assert!(wait_until(TASK_TIMEOUT, || fake
+        .count(Route::CreateSoftware)
+        == 2));
+    // The lock's holder logs in (a client of its own) and stores what it got.
+    let own = Platform::new(&platform_config(&fake.config("")), Duration::from_secs(5)).unwrap();
+    own.login().await.unwrap();
+    let issued = fake.current_token().unwrap();
+    let token = PlatformToken {
+        access: issued.clone(),
+        refresh: String::new(),
+        renew_at: Millis(now.0 + 3_600_000),
+        expires_in: 3_600,
+    };
+    assert!(
+        both.store
+            .store_platform_token(APP_ID, &holder, &token, Millis::now())
+            .unwrap()
+    );
+    waiting.await.unwrap().unwrap();
+    assert_eq!(fake.count(Route::Login), 2, "{:#?}", fake.requests());
+    let last = fake.requests_to(Route::CreateSoftware).pop().unwrap();
+    assert_eq!(bearer(&last), format!("Bearer {issued}"));
 }

@@ -5,7 +5,9 @@
 //! Each call reserves its start, in order: call `k` may start once call `k - max` started a
 //! full window earlier ([`CallLimit::next_start`]). Instances that share a store reserve in it,
 //! atomically, so that together they stay within the limit; a client without a store keeps the
-//! starts in memory. Reservations are quick, and waited for outside any lock.
+//! starts in memory. Reservations are quick, and waited for outside any lock. Starts are
+//! wall-clock times: instances must keep their clocks in step (NTP); a skew of a fraction of
+//! a second is within the client's window slack.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -86,15 +86,16 @@ impl SqliteStore {
     }
 
     pub(super) fn release_renewal_for(&self, app: &str, by: &Claimer) -> Result<(), StoreError> {
-        let writer = self.writer();
-        execute_cached(
-            &writer,
-            "UPDATE platform_tokens SET renewing_by = NULL, renewal_until = NULL
-             WHERE app = ?1 AND renewing_by = ?2",
-            params![app, by.as_str()],
-        )
-        .map(drop)
-        .map_err(database("releasing the platform token's renewal"))
+        self.claim_write(|transaction| {
+            execute_cached(
+                transaction,
+                "UPDATE platform_tokens SET renewing_by = NULL, renewal_until = NULL
+                 WHERE app = ?1 AND renewing_by = ?2",
+                params![app, by.as_str()],
+            )
+            .map(drop)
+            .map_err(database("releasing the platform token's renewal"))
+        })
     }
 
     pub(super) fn reserve_call_for(
