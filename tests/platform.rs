@@ -307,12 +307,17 @@ fn a_refused_creation_is_dead_lettered_and_reported_to_the_scripts() {
     assert!(reported, "no actionFailed event; logs:\n{}", server.logs());
 }
 
+/// Posts a failure of `device` and waits until the fake holds `tasks` tasks.
+fn create_one_task(fake: &FakePlatform, server: &TestServer, device: &str, tasks: usize) {
+    server.post_accepted(&sw_fail(device, device));
+    wait_for_tasks(fake, server, tasks);
+}
+
 #[test]
 fn the_login_check_beside_a_server_hands_its_token_to_the_server() {
     let fake = FakePlatform::start();
     let server = start(&fake, "");
-    server.post_accepted(&sw_fail("dev-a", "s1"));
-    wait_for_tasks(&fake, &server, 1);
+    create_one_task(&fake, &server, "dev-a", 1);
     let output = server.cli(&["doctor"]);
     assert!(
         stdout(&output).contains("logged in to"),
@@ -320,8 +325,7 @@ fn the_login_check_beside_a_server_hands_its_token_to_the_server() {
         all_output(&output)
     );
     assert_eq!(fake.count(Route::Login), 2, "the check logs in");
-    server.post_accepted(&sw_fail("dev-b", "s2"));
-    wait_for_tasks(&fake, &server, 2);
+    create_one_task(&fake, &server, "dev-b", 2);
     assert_eq!(
         fake.count(Route::Login),
         2,
@@ -335,8 +339,7 @@ fn the_login_check_beside_a_server_hands_its_token_to_the_server() {
 fn subscribe_beside_a_server_uses_its_token_instead_of_revoking_it() {
     let fake = FakePlatform::start();
     let server = start(&fake, "");
-    server.post_accepted(&sw_fail("dev-a", "s1"));
-    wait_for_tasks(&fake, &server, 1);
+    create_one_task(&fake, &server, "dev-a", 1);
     let url = "https://203.0.113.7:8443/v1.0.0/messageReceiver";
     let output = server.cli(&["subscribe", "--callback-url", url]);
     assert_exit(&output, 0);
@@ -345,8 +348,7 @@ fn subscribe_beside_a_server_uses_its_token_instead_of_revoking_it() {
         1,
         "subscribe read the stored token"
     );
-    server.post_accepted(&sw_fail("dev-b", "s2"));
-    wait_for_tasks(&fake, &server, 2);
+    create_one_task(&fake, &server, "dev-b", 2);
     assert_eq!(fake.count(Route::Login), 1);
     assert_eq!(
         fake.count(Route::CreateSoftware),
