@@ -307,30 +307,54 @@ fn a_refused_creation_is_dead_lettered_and_reported_to_the_scripts() {
     assert!(reported, "no actionFailed event; logs:\n{}", server.logs());
 }
 
+/// Posts a failure of `device` and waits until the fake holds `tasks` tasks.
+fn create_one_task(fake: &FakePlatform, server: &TestServer, device: &str, tasks: usize) {
+    server.post_accepted(&sw_fail(device, device));
+    wait_for_tasks(fake, server, tasks);
+}
+
 #[test]
-fn a_login_by_subscribe_meanwhile_costs_the_server_one_login() {
+fn the_login_check_beside_a_server_hands_its_token_to_the_server() {
     let fake = FakePlatform::start();
     let server = start(&fake, "");
-    server.post_accepted(&sw_fail("dev-1", "s1"));
-    wait_for_tasks(&fake, &server, 1);
-
-    let subscribed = server.cli(&["subscribe", "--callback-url", "https://203.0.113.7:8443/cb"]);
-    assert_exit(&subscribed, 0);
+    create_one_task(&fake, &server, "dev-a", 1);
+    let output = server.cli(&["doctor"]);
+    assert!(
+        stdout(&output).contains("logged in to"),
+        "{}",
+        all_output(&output)
+    );
+    assert_eq!(fake.count(Route::Login), 2, "the check logs in");
+    create_one_task(&fake, &server, "dev-b", 2);
     assert_eq!(
         fake.count(Route::Login),
         2,
-        "subscribe logs in with the same app id"
+        "the server took the stored token up instead of logging in again"
     );
+    let last = fake.requests_to(Route::CreateSoftware).pop().unwrap();
+    assert_eq!(bearer(&last), "Bearer access-2");
+}
 
-    server.post_accepted(&sw_fail("dev-2", "s2"));
-    wait_for_tasks(&fake, &server, 2);
-    let creates = fake.requests_to(Route::CreateSoftware);
-    let tokens: Vec<String> = creates.iter().map(bearer).collect();
+#[test]
+fn subscribe_beside_a_server_uses_its_token_instead_of_revoking_it() {
+    let fake = FakePlatform::start();
+    let server = start(&fake, "");
+    create_one_task(&fake, &server, "dev-a", 1);
+    let url = "https://203.0.113.7:8443/v1.0.0/messageReceiver";
+    let output = server.cli(&["subscribe", "--callback-url", url]);
+    assert_exit(&output, 0);
     assert_eq!(
-        tokens,
-        ["Bearer access-1", "Bearer access-1", "Bearer access-3"]
+        fake.count(Route::Login),
+        1,
+        "subscribe read the stored token"
     );
-    assert_eq!(fake.count(Route::Login), 3);
+    create_one_task(&fake, &server, "dev-b", 2);
+    assert_eq!(fake.count(Route::Login), 1);
+    assert_eq!(
+        fake.count(Route::CreateSoftware),
+        2,
+        "the server's token still held"
+    );
 }
 
 #[test]
@@ -568,16 +592,11 @@ fn op(device: &str) -> PlatformOp {
     PlatformOp::retry_upgrade(device, "swUpgradeResultNotify", "1.5")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_expired_token_is_refreshed_once_for_twenty_concurrent_calls() {
-    let fake = FakePlatform::start();
-    fake.next_tokens_last([0]);
-    let platform = Arc::new(
-        Platform::new(&platform_config(&fake.config("")), Duration::from_secs(5)).unwrap(),
-    );
-    assert_eq!(platform.login().await.unwrap(), 0);
-    let calls = (0..20).map(|n| {
-        let platform = Arc::clone(&platform);
+/// `count` task creations at once, for devices `d{first}`..., alternating between
+/// `platforms`; each must succeed.
+async fn create_tasks(platforms: &[Arc<Platform>], first: usize, count: usize) {
+    let calls = (first..first + count).map(|n| {
+        let platform = Arc::clone(&platforms[n % platforms.len()]);
         tokio::spawn(async move {
             platform
                 .create_task(UpgradeKind::Software, "sw-1.5", &op(&format!("d{n}")))
@@ -587,6 +606,17 @@ async fn an_expired_token_is_refreshed_once_for_twenty_concurrent_calls() {
     for call in futures_util::future::join_all(calls).await {
         call.unwrap().unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_token_is_refreshed_once_for_twenty_concurrent_calls() {
+    let fake = FakePlatform::start();
+    fake.next_tokens_last([0]);
+    let platform = Arc::new(
+        Platform::new(&platform_config(&fake.config("")), Duration::from_secs(5)).unwrap(),
+    );
+    assert_eq!(platform.login().await.unwrap(), 0);
+    create_tasks(&[platform], 0, 20).await;
     assert_eq!(fake.count(Route::Refresh), 1);
     assert_eq!(fake.count(Route::Login), 1);
     let creates = fake.requests_to(Route::CreateSoftware);
@@ -712,23 +742,25 @@ mod mutual_tls {
             pki.path("client.key")
         );
         let by_name = format!("https://localhost:{}", front.port());
-        let answer = check_login(&config(&by_name, &with_client)).await.unwrap();
+        let answer = check_login(&config(&by_name, &with_client), None)
+            .await
+            .unwrap();
         assert!(answer.contains("logged in"), "{answer}");
 
         let without_client = format!("ca_cert = \"{}\"\n", pki.path("ca.pem"));
-        let error = check_login(&config(&by_name, &without_client))
+        let error = check_login(&config(&by_name, &without_client), None)
             .await
             .unwrap_err();
         assert!(error.to_string().contains("TLS handshake"), "{error}");
 
         // Reached by IP, the certificate's name does not match: refused unless relaxed.
         let by_ip = format!("https://127.0.0.1:{}", front.port());
-        let error = check_login(&config(&by_ip, &with_client))
+        let error = check_login(&config(&by_ip, &with_client), None)
             .await
             .unwrap_err();
         assert!(error.to_string().contains("TLS handshake"), "{error}");
         let relaxed = format!("{with_client}verify_hostname = false\n");
-        check_login(&config(&by_ip, &relaxed)).await.unwrap();
+        check_login(&config(&by_ip, &relaxed), None).await.unwrap();
         assert_eq!(fake.count(Route::Login), 2);
     }
 }
@@ -759,4 +791,136 @@ fn doctor_logs_in_to_the_platform_and_says_when_the_credentials_are_refused() {
     let report = stdout(&output);
     assert!(platform_line(&report).starts_with("PROBLEM"), "{report}");
     assert!(!all_output(&output).contains("not-the-secret"), "{report}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two instances on one store
+// ---------------------------------------------------------------------------------------------
+
+/// Two clients of one app on one store, as two instances of a server would be.
+struct TwoInstances {
+    instances: [Arc<Platform>; 2],
+    store: Arc<dyn notirouter::store::Store>,
+    _dir: tempfile::TempDir,
+}
+
+impl TwoInstances {
+    fn on(fake: &FakePlatform) -> TwoInstances {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[store]\npath = \"{}\"\n",
+            dir.path().join("s.db").display()
+        );
+        let config = Config::parse(&text, Path::new("test.toml"), Vec::new()).unwrap();
+        let store =
+            notirouter::store::open(&config.store, notirouter::store::Opener::Server).unwrap();
+        let platform = platform_config(&fake.config(""));
+        let instance = || {
+            let sharing = Platform::sharing(&platform, Duration::from_secs(5), Arc::clone(&store));
+            Arc::new(sharing.unwrap())
+        };
+        TwoInstances {
+            instances: [instance(), instance()],
+            store,
+            _dir: dir,
+        }
+    }
+
+    async fn create_tasks(&self, first: usize, count: usize) {
+        create_tasks(&self.instances, first, count).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_one_store_log_in_once_and_share_the_token() {
+    let fake = FakePlatform::start();
+    let both = TwoInstances::on(&fake);
+    both.create_tasks(0, 20).await;
+    assert_eq!(fake.count(Route::Login), 1, "{:#?}", fake.requests());
+    assert_eq!(fake.count(Route::Refresh), 0);
+    assert_eq!(fake.tasks().len(), 20);
+    assert_eq!(
+        fake.count(Route::CreateSoftware),
+        20,
+        "no call was refused for a token the other instance revoked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_one_store_refresh_an_expired_token_once() {
+    let fake = FakePlatform::start();
+    fake.next_tokens_last([0]);
+    let both = TwoInstances::on(&fake);
+    assert_eq!(both.instances[0].login().await.unwrap(), 0);
+    both.create_tasks(0, 20).await;
+    assert_eq!(fake.count(Route::Login), 1, "{:#?}", fake.requests());
+    assert_eq!(fake.count(Route::Refresh), 1);
+    assert_eq!(fake.tasks().len(), 20);
+    let creates = fake.requests_to(Route::CreateSoftware);
+    assert!(creates.iter().all(|r| bearer(r) == "Bearer access-2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_whose_token_was_revoked_log_in_once_between_them() {
+    let fake = FakePlatform::start();
+    let both = TwoInstances::on(&fake);
+    both.create_tasks(0, 2).await;
+    fake.revoke_tokens();
+    both.create_tasks(2, 20).await;
+    assert_eq!(fake.count(Route::Login), 2, "{:#?}", fake.requests());
+    assert_eq!(fake.tasks().len(), 22);
+    let refused = fake.count(Route::CreateSoftware) - fake.tasks().len();
+    assert!(
+        refused <= 20,
+        "each call is refused at most once, with the revoked token: {refused} refusals"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_never_logs_in_while_another_holds_the_renewal_lock() {
+    use notirouter::model::Millis;
+    use notirouter::store::{Claimer, PlatformToken};
+    let fake = FakePlatform::start();
+    let both = TwoInstances::on(&fake);
+    both.create_tasks(0, 1).await;
+    let holder = Claimer::named("another instance");
+    let now = Millis::now();
+    let until = Millis(now.0 + 60_000);
+    assert!(
+        both.store
+            .claim_token_renewal(APP_ID, &holder, now, until)
+            .unwrap()
+    );
+    fake.revoke_tokens();
+    let waiting = tokio::spawn({
+        let platform = Arc::clone(&both.instances[0]);
+        async move {
+            platform
+                .create_task(UpgradeKind::Software, "sw-1.5", &op("d-waiting"))
+                .await
+        }
+    });
+    // Refused with the revoked token, the instance now waits for the lock.
+    assert!(wait_until(TASK_TIMEOUT, || fake
+        .count(Route::CreateSoftware)
+        == 2));
+    // The lock's holder logs in (a client of its own) and stores what it got.
+    let own = Platform::new(&platform_config(&fake.config("")), Duration::from_secs(5)).unwrap();
+    own.login().await.unwrap();
+    let issued = fake.current_token().unwrap();
+    let token = PlatformToken {
+        access: issued.clone(),
+        refresh: String::new(),
+        renew_at: Millis(now.0 + 3_600_000),
+        expires_in: 3_600,
+    };
+    assert!(
+        both.store
+            .store_platform_token(APP_ID, &holder, &token, Millis::now())
+            .unwrap()
+    );
+    waiting.await.unwrap().unwrap();
+    assert_eq!(fake.count(Route::Login), 2, "{:#?}", fake.requests());
+    let last = fake.requests_to(Route::CreateSoftware).pop().unwrap();
+    assert_eq!(bearer(&last), format!("Bearer {issued}"));
 }

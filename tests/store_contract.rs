@@ -42,4 +42,9 @@ contract!(
     a_claim_renewed_by_its_holder_outlasts_the_first_lease,
     a_result_ends_the_claim_and_a_retry_is_claimable_when_due,
     a_batch_whose_state_changed_since_it_was_read_is_refused,
+    two_claimers_racing_for_the_token_renewal_get_it_once,
+    a_token_renewal_whose_holder_stalls_past_the_lease_goes_to_another,
+    a_stored_token_survives_later_claims_and_anyone_stores_while_the_lock_is_free,
+    concurrent_call_reservers_never_exceed_the_limit_together,
+    a_call_reserved_after_a_quiet_window_goes_now,
 );

@@ -246,7 +246,10 @@ fn platform(config: &Config, runtime: &Runtime) -> Vec<Report> {
     let finding = if !platform.enabled {
         Finding::Unused("disabled: retry_upgrade queues nothing".to_owned())
     } else {
-        match runtime.block_on(crate::platform::check_login(platform)) {
+        // A store that cannot be opened is the store check's finding; the login is still
+        // checked, on its own.
+        let store = store::open(&config.store, Opener::Command).ok();
+        match runtime.block_on(crate::platform::check_login(platform, store)) {
             Ok(fine) => Finding::Fine(fine),
             Err(error) => Finding::Problem(error.to_string()),
         }

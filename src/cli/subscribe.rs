@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::platform::{Platform, PlatformError, Subscribed, UPGRADE_TYPES};
+use crate::store::{self, Opener, StoreError};
 
 /// Command status is pushed to the URL of each create-command call, never subscribed.
 const NOT_SUBSCRIBABLE: &str = "NBCommandStateChanged";
@@ -26,8 +27,7 @@ pub fn run(config: &Config, callback_url: &str, types: Vec<String>) -> anyhow::R
         true => UPGRADE_TYPES.map(str::to_owned).to_vec(),
         false => types,
     };
-    let platform = Platform::new(&config.platform, config.delivery.timeout)
-        .context("cannot use the [platform] section")?;
+    let platform = platform_client(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -37,6 +37,20 @@ pub fn run(config: &Config, callback_url: &str, types: Vec<String>) -> anyhow::R
         0 => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
+}
+
+/// A client that shares the serving instances' token through the store, so that its login
+/// does not revoke theirs (PLATFORM-NOTES.md §4.4); on its own before the first `serve`.
+fn platform_client(config: &Config) -> anyhow::Result<Platform> {
+    let (platform, timeout) = (&config.platform, config.delivery.timeout);
+    let client = match store::open(&config.store, Opener::Command) {
+        Ok(store) => Platform::sharing(platform, timeout, store),
+        Err(StoreError::Missing { .. }) => Platform::new(platform, timeout),
+        Err(error) => {
+            return Err(error).context("cannot open the store to share the platform token");
+        }
+    };
+    client.context("cannot use the [platform] section")
 }
 
 /// Subscribes each type in turn; returns how many the platform refused.

@@ -10,7 +10,7 @@
 //! or broken one holds only its own slots.
 
 mod breaker;
-mod clock;
+pub(crate) mod clock;
 mod email;
 mod files;
 mod outcome;
@@ -71,7 +71,11 @@ impl Deliverer {
         let mailer = email::Mailer::new(&config.email, policy.timeout)?;
         let platform = match config.platform.enabled {
             true => Some(PlatformSender {
-                platform: Arc::new(Platform::new(&config.platform, policy.timeout)?),
+                platform: Arc::new(Platform::sharing(
+                    &config.platform,
+                    policy.timeout,
+                    Arc::clone(&store),
+                )?),
                 store: Arc::clone(&store),
                 intake: intake.clone(),
                 verify: config.platform.verify_before_retry,

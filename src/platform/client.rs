@@ -2,18 +2,21 @@
 //! call limit, and the two answers every call may get: an invalid token (log in once and
 //! repeat once) and throttling (back off and repeat, a few times, then give up for now).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tokio::time::Instant;
 
 use super::PlatformError;
 use super::errors::{Failure, answer_error, classify, transport_error};
 use super::limiter::Limiter;
+use super::shared::Shared;
 use super::token::{Issued, Issuer, Token, Tokens};
 use crate::config::PlatformConfig;
+use crate::model::Millis;
+use crate::store::Store;
 
 const LOGIN: &str = "/iocm/app/sec/v1.1.0/login";
 const REFRESH: &str = "/iocm/app/sec/v1.1.0/refreshToken";
@@ -89,8 +92,20 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(config: &PlatformConfig, timeout: Duration) -> Result<Client, PlatformError> {
+    /// A client whose token and call limit are its own, or, given `store`, shared with every
+    /// instance on that store.
+    pub(crate) fn new(
+        config: &PlatformConfig,
+        timeout: Duration,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Client, PlatformError> {
         let credentials = config.credentials()?;
+        let shared = store.map(|store| Arc::new(Shared::new(store, credentials.app_id)));
+        let max = config.max_calls_per_minute;
+        let limiter = match &shared {
+            Some(shared) => Limiter::shared(max, CALL_WINDOW, Arc::clone(shared)),
+            None => Limiter::new(max, CALL_WINDOW),
+        };
         let http = super::tls::builder(config)?
             .timeout(timeout)
             .user_agent(concat!("notirouter/", env!("CARGO_PKG_VERSION")))
@@ -102,8 +117,8 @@ impl Client {
             app_id: credentials.app_id.to_owned(),
             secret: credentials.secret.clone(),
             timeout,
-            limiter: Limiter::new(config.max_calls_per_minute, CALL_WINDOW),
-            tokens: Tokens::default(),
+            limiter,
+            tokens: Tokens::new(shared, renewal_lease(timeout)),
         })
     }
 
@@ -184,7 +199,7 @@ impl Client {
             Body::Json(body) => request.header(CONTENT_TYPE, "application/json").json(body),
             Body::Empty => request,
         };
-        self.limiter.acquire().await;
+        self.limiter.acquire().await?;
         let transport =
             |error: reqwest::Error| transport_error(&self.base_url, &error, self.timeout);
         let response = request.send().await.map_err(transport)?;
@@ -205,7 +220,7 @@ impl Client {
                         what: format!("HTTP {status} without a token"),
                         expected: "{\"accessToken\", \"expiresIn\", ...}",
                     })?;
-                return Ok(issued.into_token(Instant::now()));
+                return Ok(issued.into_token(Millis::now()));
             }
             let code = super::errors::ErrorBody::parse(&body);
             match classify(status, code.code(), true) {
@@ -231,6 +246,13 @@ pub(crate) fn segment(text: &str) -> String {
         .collect()
 }
 
+/// How long a renewal may hold the store's renewal lock: a refresh and a login, each with
+/// its throttled repeats.
+fn renewal_lease(timeout: Duration) -> Duration {
+    let backoffs = THROTTLE_BACKOFF * (2u32.pow(THROTTLE_REPEATS) - 1);
+    (timeout + backoffs) * 2
+}
+
 /// Waits out the `throttled`-th throttled answer in a row: 1 s, then 2 s, then 4 s.
 async fn back_off(throttled: &mut u32) {
     let pause = THROTTLE_BACKOFF * 2u32.pow(*throttled);
@@ -251,7 +273,7 @@ impl Issuer for Client {
             body: Body::Credentials,
         };
         let token = self.issue(login).await?;
-        tracing::info!(expires_in = token.expires_in(), "logged in to the platform");
+        tracing::info!(expires_in = token.expires_in, "logged in to the platform");
         Ok(token)
     }
 
@@ -262,7 +284,7 @@ impl Issuer for Client {
             "refreshToken": refresh_token,
         });
         let token = self.issue(Call::post(REFRESH.to_owned(), body)).await?;
-        tracing::debug!(expires_in = token.expires_in(), "platform token refreshed");
+        tracing::debug!(expires_in = token.expires_in, "platform token refreshed");
         Ok(token)
     }
 }

@@ -101,6 +101,9 @@ pub enum PlatformError {
         count: usize,
         candidates: String,
     },
+    /// The platform state all instances share (the token, the call window) is in the store.
+    #[error("cannot use the platform token or call limit kept in the store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// What a documented refusal means (PLATFORM-NOTES.md §4.2, §4.5), for the operator.
@@ -131,6 +134,7 @@ impl PlatformError {
                 | PlatformError::Throttled
                 | PlatformError::Server { .. }
                 | PlatformError::Unexpected { .. }
+                | PlatformError::Store(_)
         )
     }
 

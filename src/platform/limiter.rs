@@ -2,54 +2,80 @@
 //! platform's "100 calls per 60 s per app", PLATFORM-NOTES.md §4.4, a window a little longer
 //! than 60 s: see the client).
 //!
-//! It keeps the start times of the last `max` calls, reserved in order: call `k` may start
-//! once call `k - max` started a full window earlier. A sliding window is stricter than any
-//! fixed window the platform may count in, so staying under it keeps the app unthrottled.
-//! Reservations are taken under a short lock and waited for outside it.
+//! Each call reserves its start, in order: call `k` may start once call `k - max` started a
+//! full window earlier ([`CallLimit::next_start`]). Instances that share a store reserve in it,
+//! atomically, so that together they stay within the limit; a client without a store keeps the
+//! starts in memory. Reservations are quick, and waited for outside any lock. Starts are
+//! wall-clock times: instances must keep their clocks in step (NTP); a skew of a fraction of
+//! a second is within the client's window slack.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use super::PlatformError;
+use super::shared::Shared;
+use crate::deliver::clock::{Clock, SystemClock};
+use crate::model::Millis;
+use crate::store::CallLimit;
 
 pub(crate) struct Limiter {
-    max: usize,
-    window: Duration,
-    starts: Mutex<VecDeque<Instant>>,
+    limit: CallLimit,
+    starts: Starts,
+    clock: Arc<dyn Clock>,
+}
+
+/// Where the reserved starts are kept.
+enum Starts {
+    /// This process's own: the latest `max` starts.
+    Local(Mutex<Vec<Millis>>),
+    /// The store's, shared by every instance.
+    Shared(Arc<Shared>),
 }
 
 impl Limiter {
-    /// `max` calls per `window`; 0 means no limit.
+    /// `max` calls per `window`, counted by this process alone; 0 means no limit.
     pub(crate) fn new(max: u32, window: Duration) -> Limiter {
+        Limiter::with_clock(max, window, Arc::new(SystemClock))
+    }
+
+    /// `max` calls per `window`, counted in the store across instances; 0 means no limit.
+    pub(crate) fn shared(max: u32, window: Duration, shared: Arc<Shared>) -> Limiter {
         Limiter {
-            max: max as usize,
-            window,
-            starts: Mutex::new(VecDeque::new()),
+            starts: Starts::Shared(shared),
+            ..Limiter::new(max, window)
+        }
+    }
+
+    fn with_clock(max: u32, window: Duration, clock: Arc<dyn Clock>) -> Limiter {
+        Limiter {
+            limit: CallLimit { max, window },
+            starts: Starts::Local(Mutex::new(Vec::new())),
+            clock,
         }
     }
 
     /// Waits until one more call fits, and counts it.
-    pub(crate) async fn acquire(&self) {
-        if self.max == 0 {
-            return;
+    pub(crate) async fn acquire(&self) -> Result<(), PlatformError> {
+        if self.limit.max == 0 {
+            return Ok(());
         }
-        let start = self.reserve(Instant::now());
-        tokio::time::sleep_until(start).await;
+        let now = self.clock.now();
+        let start = match &self.starts {
+            Starts::Local(starts) => self.reserve_locally(starts, now),
+            Starts::Shared(shared) => shared.reserve_call(self.limit, now).await?,
+        };
+        let wait = u64::try_from(start.0.saturating_sub(now.0)).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        Ok(())
     }
 
-    /// The earliest time at or after `now` that keeps every window within `max`, recorded.
-    fn reserve(&self, now: Instant) -> Instant {
-        let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the last `max` starts are kept, so the front is call `k - max`.
-        let start = match starts.front() {
-            Some(front) if starts.len() >= self.max => (*front + self.window).max(now),
-            _ => now,
-        };
-        starts.push_back(start);
-        while starts.len() > self.max {
-            starts.pop_front();
-        }
+    fn reserve_locally(&self, starts: &Mutex<Vec<Millis>>, now: Millis) -> Millis {
+        let mut starts = starts.lock().unwrap_or_else(|p| p.into_inner());
+        let start = self.limit.next_start(&starts, now);
+        starts.push(start);
+        // Reserved in order, so the latest `max` are at the end.
+        let excess = starts.len().saturating_sub(self.limit.max as usize);
+        starts.drain(..excess);
         start
     }
 }
@@ -58,14 +84,39 @@ impl Limiter {
 mod tests {
     use super::*;
 
+    /// Wall-clock time that moves with tokio's paused clock.
+    struct PausedClock {
+        base: Millis,
+        started: tokio::time::Instant,
+    }
+
+    impl Clock for PausedClock {
+        fn now(&self) -> Millis {
+            let elapsed = self.started.elapsed().as_millis() as i64;
+            Millis(self.base.0 + elapsed)
+        }
+
+        fn instant(&self) -> std::time::Instant {
+            std::time::Instant::now()
+        }
+    }
+
+    fn paused_clock() -> Arc<PausedClock> {
+        Arc::new(PausedClock {
+            base: Millis(1_800_000_000_000),
+            started: tokio::time::Instant::now(),
+        })
+    }
+
     /// The most starts in any window of `window`.
-    fn busiest(starts: &[Instant], window: Duration) -> usize {
+    fn busiest(starts: &[Millis], window: Duration) -> usize {
+        let window = window.as_millis() as i64;
         starts
             .iter()
             .map(|first| {
                 starts
                     .iter()
-                    .filter(|s| **s >= *first && **s < *first + window)
+                    .filter(|s| s.0 >= first.0 && s.0 < first.0 + window)
                     .count()
             })
             .max()
@@ -74,26 +125,28 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_window_ever_holds_more_than_max_calls() {
-        let limiter = Limiter::new(5, Duration::from_secs(60));
+        let clock = paused_clock();
+        let limiter = Limiter::with_clock(5, Duration::from_secs(60), clock.clone());
         let mut starts = Vec::new();
         for _ in 0..23 {
-            limiter.acquire().await;
-            starts.push(Instant::now());
+            limiter.acquire().await.unwrap();
+            starts.push(clock.now());
         }
         assert_eq!(busiest(&starts, Duration::from_secs(60)), 5);
         // The first five go at once, then five per window.
         assert_eq!(starts[4], starts[0]);
-        assert_eq!(starts[5] - starts[0], Duration::from_secs(60));
-        assert_eq!(starts[22] - starts[0], Duration::from_secs(240));
+        assert_eq!(starts[5].0 - starts[0].0, 60_000);
+        assert_eq!(starts[22].0 - starts[0].0, 240_000);
     }
 
     #[tokio::test(start_paused = true)]
     async fn zero_means_no_limit() {
-        let limiter = Limiter::new(0, Duration::from_secs(60));
-        let before = Instant::now();
+        let clock = paused_clock();
+        let limiter = Limiter::with_clock(0, Duration::from_secs(60), clock.clone());
+        let before = clock.now();
         for _ in 0..1000 {
-            limiter.acquire().await;
+            limiter.acquire().await.unwrap();
         }
-        assert_eq!(Instant::now(), before);
+        assert_eq!(clock.now(), before);
     }
 }

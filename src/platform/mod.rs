@@ -11,6 +11,7 @@ mod client;
 mod errors;
 mod limiter;
 mod packages;
+mod shared;
 mod subscribe;
 mod tasks;
 mod tls;
@@ -19,9 +20,12 @@ mod token;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::sync::Mutex;
 
 use crate::config::PlatformConfig;
+use crate::store::Store;
 
 pub use errors::PlatformError;
 pub use subscribe::{Subscribed, UPGRADE_TYPES};
@@ -79,11 +83,30 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// A client for `config`'s platform, each call bounded by `timeout`. Fails when the
-    /// credentials are missing or a certificate file cannot be used; nothing is sent yet.
+    /// A client for `config`'s platform, each call bounded by `timeout`, with a token and a
+    /// call limit of its own. Fails when the credentials are missing or a certificate file
+    /// cannot be used; nothing is sent yet.
     pub fn new(config: &PlatformConfig, timeout: Duration) -> Result<Platform, PlatformError> {
+        Platform::build(config, timeout, None)
+    }
+
+    /// As [`Platform::new`], but the token and `max_calls_per_minute` are kept in `store` and
+    /// shared with every instance that uses it (each login revokes the others' tokens).
+    pub fn sharing(
+        config: &PlatformConfig,
+        timeout: Duration,
+        store: Arc<dyn Store>,
+    ) -> Result<Platform, PlatformError> {
+        Platform::build(config, timeout, Some(store))
+    }
+
+    fn build(
+        config: &PlatformConfig,
+        timeout: Duration,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Platform, PlatformError> {
         Ok(Platform {
-            client: client::Client::new(config, timeout)?,
+            client: client::Client::new(config, timeout, store)?,
             config: config.clone(),
             packages: Mutex::new(HashMap::new()),
         })
@@ -91,7 +114,7 @@ impl Platform {
 
     /// Logs in now; returns how many seconds the platform says the token lasts.
     pub async fn login(&self) -> Result<u64, PlatformError> {
-        Ok(self.client.login().await?.expires_in())
+        Ok(self.client.login().await?.expires_in)
     }
 
     pub fn base_url(&self) -> &str {
@@ -100,9 +123,14 @@ impl Platform {
 }
 
 /// The login check of `notirouter doctor`: logs in with the configured credentials and says
-/// so in plain words, or returns the error that tells the operator what to fix.
-pub async fn check_login(config: &PlatformConfig) -> Result<String, PlatformError> {
-    let platform = Platform::new(config, CHECK_TIMEOUT)?;
+/// so in plain words, or returns the error that tells the operator what to fix. Given the
+/// store that running instances use, it logs in under the store's renewal lock and stores the
+/// token, so that they take it up instead of logging in again.
+pub async fn check_login(
+    config: &PlatformConfig,
+    store: Option<Arc<dyn Store>>,
+) -> Result<String, PlatformError> {
+    let platform = Platform::build(config, CHECK_TIMEOUT, store)?;
     let expires_in = platform.login().await?;
     Ok(format!(
         "logged in to {} as app {}; the token lasts {expires_in} s",

@@ -9,6 +9,7 @@ pub mod campaigns;
 mod claim;
 mod intake;
 mod open;
+mod platform_state;
 pub mod postgres;
 pub mod rules;
 pub mod sqlite;
@@ -25,6 +26,7 @@ use crate::notification::Problem;
 pub use claim::{ActionClaim, Claimer};
 pub use intake::{Intake, IntakeError, IntakeMetrics, IntakeWriter, Signals};
 pub use open::{Opener, open};
+pub use platform_state::{CallLimit, PlatformToken};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use wakeup::Wakeup;
@@ -508,6 +510,47 @@ pub trait Store: StateView + Send + Sync + 'static {
     fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
         write_separately(self, group)
     }
+
+    /// The platform token that every instance of platform app `app` uses, if one was stored.
+    fn platform_token(&self, app: &str) -> Result<Option<PlatformToken>, StoreError>;
+
+    /// Takes the lock on renewing `app`'s token for `by` until `until`: true when no other
+    /// claimer holds it at `now` (free, its lease ended, or `by` holds it already). Two
+    /// claimers never both get it while its lease runs. The holder logs in or refreshes, then
+    /// stores the token with [`Store::store_platform_token`] (or gives the lock up with
+    /// [`Store::release_token_renewal`]); the others wait and read the token it stored.
+    fn claim_token_renewal(
+        &self,
+        app: &str,
+        by: &Claimer,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores `token` as `app`'s token and ends `by`'s renewal lock, unless another claimer
+    /// holds the lock at `now` (then nothing changes: that claimer's login revokes `token`
+    /// anyway). Returns whether it was stored.
+    fn store_platform_token(
+        &self,
+        app: &str,
+        by: &Claimer,
+        token: &PlatformToken,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends `by`'s renewal lock on `app`'s token, when it holds it (a renewal that failed).
+    fn release_token_renewal(&self, app: &str, by: &Claimer) -> Result<(), StoreError>;
+
+    /// Reserves the start of one call to `app`, atomically: the earliest time at or after
+    /// `now` that keeps every window within `limit` counting the starts every claimer
+    /// reserved ([`CallLimit::next_start`]), recorded before it is returned. Reservers
+    /// together never exceed the limit; each waits for its start on its own.
+    fn reserve_platform_call(
+        &self,
+        app: &str,
+        limit: CallLimit,
+        now: Millis,
+    ) -> Result<Millis, StoreError>;
 
     /// The reads behind the dashboard's campaigns, for a backend that has them.
     fn campaign_view(&self) -> Option<&dyn campaigns::CampaignView> {

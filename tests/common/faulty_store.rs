@@ -12,9 +12,9 @@ use notirouter::destination::Destination;
 use notirouter::model::state::{StateChanges, StateError, StateView};
 use notirouter::model::{EventId, Millis};
 use notirouter::store::{
-    Appended, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome,
-    EventSummary, NewEvent, PendingAction, Pruned, RejectedBody, SqliteStore, Store, StoreError,
-    StoredEvent,
+    Appended, CallLimit, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter,
+    EventOutcome, EventSummary, NewEvent, PendingAction, PlatformToken, Pruned, RejectedBody,
+    SqliteStore, Store, StoreError, StoredEvent,
 };
 
 /// The longest a stall holds a write, so that a stall left set cannot hang a process for ever.
@@ -71,6 +71,43 @@ impl FaultyStore {
 }
 
 impl Store for FaultyStore {
+    fn platform_token(&self, app: &str) -> Result<Option<PlatformToken>, StoreError> {
+        self.inner.platform_token(app)
+    }
+
+    fn claim_token_renewal(
+        &self,
+        app: &str,
+        by: &Claimer,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        self.inner.claim_token_renewal(app, by, now, until)
+    }
+
+    fn store_platform_token(
+        &self,
+        app: &str,
+        by: &Claimer,
+        token: &PlatformToken,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.inner.store_platform_token(app, by, token, now)
+    }
+
+    fn release_token_renewal(&self, app: &str, by: &Claimer) -> Result<(), StoreError> {
+        self.inner.release_token_renewal(app, by)
+    }
+
+    fn reserve_platform_call(
+        &self,
+        app: &str,
+        limit: CallLimit,
+        now: Millis,
+    ) -> Result<Millis, StoreError> {
+        self.inner.reserve_platform_call(app, limit, now)
+    }
+
     fn append(
         &self,
         events: &[NewEvent],

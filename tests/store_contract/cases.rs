@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use notirouter::action::{Action, ActionSpec, Chat};
 use notirouter::destination::Destination;
@@ -11,8 +12,8 @@ use notirouter::model::state::{Effective, StateChanges, StateView};
 use notirouter::model::{EventId, EventStatus, Millis};
 use notirouter::notification::canonical_hash;
 use notirouter::store::{
-    Appended, Attempt, AttemptOutcome, Claimer, DeliveryUpdate, EventOutcome, NewEvent,
-    PendingAction, Store, StoreError, StoredEvent,
+    Appended, Attempt, AttemptOutcome, CallLimit, Claimer, DeliveryUpdate, EventOutcome, NewEvent,
+    PendingAction, PlatformToken, Store, StoreError, StoredEvent,
 };
 use serde_json::json;
 
@@ -396,4 +397,214 @@ pub fn a_batch_whose_state_changed_since_it_was_read_is_refused(backend: Backend
         .unwrap();
     let queued = store.event(second[0].id).unwrap().unwrap().actions;
     assert!(queued.is_empty(), "{queued:?}");
+}
+
+const APP: &str = "app-1";
+
+fn token(access: &str) -> PlatformToken {
+    PlatformToken {
+        access: access.to_owned(),
+        refresh: format!("refresh-of-{access}"),
+        renew_at: later(3_600_000),
+        expires_in: 3_660,
+    }
+}
+
+pub fn two_claimers_racing_for_the_token_renewal_get_it_once(backend: Backend) {
+    let store = backend.store;
+    assert_eq!(store.platform_token(APP).unwrap(), None);
+    for round in 0..20 {
+        let now = later(round);
+        let barrier = Arc::new(Barrier::new(2));
+        let won: Vec<bool> = ["a", "b"]
+            .map(|name| {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let by = Claimer::named(name);
+                    store
+                        .claim_token_renewal(APP, &by, now, later(LEASE_MS))
+                        .unwrap()
+                })
+            })
+            .map(|thread| thread.join().unwrap())
+            .into_iter()
+            .collect();
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "round {round}");
+        let (winner, loser) = match won[0] {
+            true => (Claimer::named("a"), Claimer::named("b")),
+            false => (Claimer::named("b"), Claimer::named("a")),
+        };
+        let theirs = token(&format!("loser-{round}"));
+        assert!(
+            !store
+                .store_platform_token(APP, &loser, &theirs, now)
+                .unwrap(),
+            "round {round}: only the lock's holder stores a token"
+        );
+        let ours = token(&format!("winner-{round}"));
+        assert!(
+            store
+                .store_platform_token(APP, &winner, &ours, now)
+                .unwrap()
+        );
+        assert_eq!(store.platform_token(APP).unwrap(), Some(ours));
+    }
+    assert_eq!(
+        store.platform_token("another-app").unwrap(),
+        None,
+        "each app has its own token"
+    );
+}
+
+pub fn a_token_renewal_whose_holder_stalls_past_the_lease_goes_to_another(backend: Backend) {
+    let store = backend.store;
+    let (stalled, next) = (Claimer::named("stalled"), Claimer::named("next"));
+    assert!(
+        store
+            .claim_token_renewal(APP, &stalled, T0, later(1_000))
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_token_renewal(APP, &stalled, T0, later(1_000))
+            .unwrap(),
+        "the holder may claim again"
+    );
+    assert!(
+        !store
+            .claim_token_renewal(APP, &next, later(999), later(2_000))
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_token_renewal(APP, &next, later(1_000), later(2_000))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .store_platform_token(APP, &stalled, &token("late"), later(1_500))
+            .unwrap(),
+        "the stalled holder's token is refused once the lock moved on"
+    );
+    store.release_token_renewal(APP, &stalled).unwrap();
+    let third = Claimer::named("third");
+    assert!(
+        !store
+            .claim_token_renewal(APP, &third, later(1_500), later(3_000))
+            .unwrap(),
+        "a former holder's release leaves the new holder's lock alone"
+    );
+    store.release_token_renewal(APP, &next).unwrap();
+    assert!(
+        store
+            .claim_token_renewal(APP, &third, later(1_500), later(3_000))
+            .unwrap()
+    );
+    assert_eq!(store.platform_token(APP).unwrap(), None);
+}
+
+pub fn a_stored_token_survives_later_claims_and_anyone_stores_while_the_lock_is_free(
+    backend: Backend,
+) {
+    let store = backend.store;
+    let first = Claimer::named("first");
+    assert!(
+        store
+            .store_platform_token(APP, &first, &token("t1"), T0)
+            .unwrap(),
+        "no one holds the lock"
+    );
+    let second = Claimer::named("second");
+    assert!(
+        store
+            .claim_token_renewal(APP, &second, T0, later(1_000))
+            .unwrap()
+    );
+    assert_eq!(
+        store.platform_token(APP).unwrap(),
+        Some(token("t1")),
+        "claiming the renewal keeps the token readable"
+    );
+    store.release_token_renewal(APP, &second).unwrap();
+    assert_eq!(store.platform_token(APP).unwrap(), Some(token("t1")));
+    assert!(
+        store
+            .claim_token_renewal(APP, &first, T0, later(1_000))
+            .unwrap()
+    );
+}
+
+/// The most starts in any window of `window_ms` milliseconds.
+fn busiest(starts: &[Millis], window_ms: i64) -> usize {
+    starts
+        .iter()
+        .map(|first| {
+            starts
+                .iter()
+                .filter(|s| s.0 >= first.0 && s.0 < first.0 + window_ms)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+pub fn concurrent_call_reservers_never_exceed_the_limit_together(backend: Backend) {
+    let store = backend.store;
+    let limit = CallLimit {
+        max: 10,
+        window: Duration::from_secs(60),
+    };
+    let barrier = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..25)
+                    .map(|n| store.reserve_platform_call(APP, limit, later(n)).unwrap())
+                    .collect::<Vec<Millis>>()
+            })
+        })
+        .collect();
+    let mut starts: Vec<Millis> = threads
+        .into_iter()
+        .flat_map(|thread| thread.join().unwrap())
+        .collect();
+    starts.sort();
+    assert_eq!(starts.len(), 100);
+    assert_eq!(busiest(&starts, 60_000), 10, "{starts:?}");
+    assert!(
+        starts.last().unwrap().0 - T0.0 < 10 * 60_000,
+        "the hundredth call starts within ten windows: {starts:?}"
+    );
+    assert_eq!(
+        store
+            .reserve_platform_call("another-app", limit, T0)
+            .unwrap(),
+        T0,
+        "each app has its own limit"
+    );
+}
+
+pub fn a_call_reserved_after_a_quiet_window_goes_now(backend: Backend) {
+    let store = backend.store;
+    let limit = CallLimit {
+        max: 2,
+        window: Duration::from_secs(60),
+    };
+    let reserve = |now: Millis| store.reserve_platform_call(APP, limit, now).unwrap();
+    assert_eq!(reserve(T0), T0);
+    assert_eq!(reserve(later(10)), later(10));
+    assert_eq!(
+        reserve(later(20)),
+        later(60_000),
+        "the third waits for the first's window"
+    );
+    assert_eq!(reserve(later(200_000)), later(200_000));
+    assert_eq!(reserve(later(200_001)), later(200_001));
+    let unlimited = CallLimit { max: 0, ..limit };
+    for _ in 0..100 {
+        assert_eq!(store.reserve_platform_call(APP, unlimited, T0).unwrap(), T0);
+    }
 }

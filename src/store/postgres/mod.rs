@@ -11,6 +11,7 @@ mod claims;
 mod delivery;
 mod intake;
 mod outcomes;
+mod platform;
 mod queries;
 mod schema;
 mod target;
@@ -23,8 +24,8 @@ use tokio_postgres::{NoTls, Transaction};
 use ulid::{Generator, Ulid};
 
 use super::{
-    Appended, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome,
-    EventSummary, GroupWritten, NewEvent, OutcomeBatch, PendingAction, Pruned, RejectedBody, Store,
+    Appended, CallLimit, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome,
+    EventSummary, GroupWritten, NewEvent, OutcomeBatch, PendingAction, PlatformToken, Pruned, RejectedBody, Store,
     StoreError, StoredEvent, WriteGroup, write_separately,
 };
 use crate::config::{PostgresConfig, StoreConfig};
@@ -367,6 +368,43 @@ impl Store for PgStore {
 
     fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
         self.write_drop(id)
+    }
+
+    fn platform_token(&self, app: &str) -> Result<Option<PlatformToken>, StoreError> {
+        self.read_platform_token(app)
+    }
+
+    fn claim_token_renewal(
+        &self,
+        app: &str,
+        by: &Claimer,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        self.claim_renewal_for(app, by, now, until)
+    }
+
+    fn store_platform_token(
+        &self,
+        app: &str,
+        by: &Claimer,
+        token: &PlatformToken,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.store_token_for(app, by, token, now)
+    }
+
+    fn release_token_renewal(&self, app: &str, by: &Claimer) -> Result<(), StoreError> {
+        self.release_renewal_for(app, by)
+    }
+
+    fn reserve_platform_call(
+        &self,
+        app: &str,
+        limit: CallLimit,
+        now: Millis,
+    ) -> Result<Millis, StoreError> {
+        self.reserve_call_for(app, limit, now)
     }
 
     fn campaign_view(&self) -> Option<&dyn super::campaigns::CampaignView> {

@@ -106,6 +106,22 @@ const MIGRATIONS: &[&str] = &[
         window_start BIGINT NOT NULL,
         PRIMARY KEY (device_id, target_version)
     );",
+    // 2: what the instances share to use the platform: its token with the lock on renewing
+    // it, and the call starts that `max_calls_per_minute` counts.
+    "CREATE TABLE platform_tokens (
+        app TEXT PRIMARY KEY,
+        access TEXT,
+        refresh TEXT,
+        renew_at BIGINT,
+        expires_in BIGINT,
+        renewing_by TEXT,
+        renewal_until BIGINT
+    );
+    CREATE TABLE platform_calls (
+        app TEXT NOT NULL,
+        start_at BIGINT NOT NULL
+    );
+    CREATE INDEX platform_calls_by_app ON platform_calls (app, start_at);",
 ];
 
 /// Brings the schema up to date, whichever instance gets there first.

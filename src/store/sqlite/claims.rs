@@ -137,7 +137,7 @@ impl SqliteStore {
     }
 
     /// Runs `claim` in a write transaction that commits without an fsync.
-    fn claim_write<T>(
+    pub(super) fn claim_write<T>(
         &self,
         claim: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

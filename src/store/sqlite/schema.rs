@@ -116,6 +116,22 @@ const MIGRATIONS: &[&str] = &[
     // 6: the dashboard reads platform actions (upgrade retries, tasks created) in the order
     // they were queued; only platform actions are indexed, and at the end of the index.
     "CREATE INDEX actions_platform ON actions (created_at, id) WHERE kind = 'platform';",
+    // 7: what instances share to use the platform: per app, its one valid token and the lock
+    // on renewing it (a row may hold the lock before any token), and the reserved call starts.
+    "CREATE TABLE platform_tokens (
+        app TEXT PRIMARY KEY,
+        access TEXT,
+        refresh TEXT,
+        renew_at INTEGER,
+        expires_in INTEGER,
+        renewing_by TEXT,
+        renewal_until INTEGER
+    );
+    CREATE TABLE platform_calls (
+        app TEXT NOT NULL,
+        start_at INTEGER NOT NULL
+    );
+    CREATE INDEX platform_calls_by_app ON platform_calls (app, start_at);",
 ];
 
 /// Brings the schema up to date.

@@ -35,11 +35,19 @@
 //!   show which side saturates its core, and each core's total busy time from `/proc/stat`, to
 //!   flag phases where other processes competed for the benchmark cores.
 //!
+//! With `--target URL` (repeated, or comma-separated) it starts no server: it drives running
+//! instances, e.g. several notirouters on one PostgreSQL, sending each connection's requests
+//! to the targets in turn (round robin), and reports accepted/s per target and in all, the
+//! latency, and the CPU time per accepted notification of the processes given by `--pid` and
+//! of every `postgres` process of this machine (utime + stime from `/proc/PID/stat`, before
+//! and after the window). See `fleet.rs`.
+//!
 //! The client is a minimal HTTP/1.1 client on a current-thread tokio runtime so that one core
 //! of load generation can outrun one core of server.
 
-#[path = "bench/mod.rs"]
+#[path = "../bench/mod.rs"]
 mod bench;
+mod fleet;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -80,6 +88,15 @@ struct Args {
     /// half the answers are duplicates of a notification stored moments before.
     #[arg(long)]
     repush: bool,
+    /// Drive these running instances (base URLs such as `http://127.0.0.1:8080`, repeated or
+    /// comma-separated) instead of starting notirouter and the bare baseline; each
+    /// connection sends to them in turn.
+    #[arg(long = "target", value_delimiter = ',')]
+    targets: Vec<String>,
+    /// With `--target`: the notirouter process ids whose CPU time per notification is
+    /// reported (with every `postgres` process of this machine).
+    #[arg(long = "pid", value_delimiter = ',')]
+    pids: Vec<u32>,
     /// Internal: run the bare baseline server on this address.
     #[arg(long, hide = true)]
     serve_bare: Option<SocketAddr>,
@@ -143,6 +160,9 @@ async fn bare_accept(_body: actix_web::web::Bytes) -> actix_web::HttpResponse {
 // The benchmark.
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if !args.targets.is_empty() {
+        return fleet::run(&args).await;
+    }
     let bin = args.common.binary()?;
     print_preamble(&args);
     let notirouter = {
@@ -385,6 +405,33 @@ impl Stats {
         }
     }
 
+    /// Nearest-rank percentiles in milliseconds; `None` when nothing was answered.
+    fn latency(&self) -> Option<Latency> {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let rank = |p: f64| bench::nearest_rank(&sorted, p).map(|d| d.as_secs_f64() * 1e3);
+        Some(Latency {
+            max: sorted.last()?.as_secs_f64() * 1e3,
+            p50: rank(0.50)?,
+            p99: rank(0.99)?,
+            p999: rank(0.999)?,
+        })
+    }
+
+    fn print_latency(&self) {
+        match self.latency() {
+            Some(l) => println!(
+                "  latency ms      p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({} answered requests)",
+                l.p50,
+                l.p99,
+                l.p999,
+                l.max,
+                self.latencies.len()
+            ),
+            None => println!("  latency ms      n/a (nothing answered)"),
+        }
+    }
+
     fn merge(&mut self, other: Stats) {
         self.accepted += other.accepted;
         self.duplicates += other.duplicates;
@@ -468,17 +515,8 @@ impl PhaseReport {
         (answers > 0).then(|| busy / answers as f64 * 1e6)
     }
 
-    /// Nearest-rank percentiles in milliseconds; `None` when nothing was answered.
     fn latency(&self) -> Option<Latency> {
-        let mut sorted = self.stats.latencies.clone();
-        sorted.sort_unstable();
-        let rank = |p: f64| bench::nearest_rank(&sorted, p).map(|d| d.as_secs_f64() * 1e3);
-        Some(Latency {
-            max: sorted.last()?.as_secs_f64() * 1e3,
-            p50: rank(0.50)?,
-            p99: rank(0.99)?,
-            p999: rank(0.999)?,
-        })
+        self.stats.latency()
     }
 
     fn print(&self, server: &Server) {
@@ -502,25 +540,11 @@ impl PhaseReport {
             "  not accepted    other 200 {}, non-200 {:?}, errors {:?}",
             stats.other_200, stats.non_200, stats.errors
         );
-        self.print_latency();
+        stats.print_latency();
         self.print_memory();
         self.print_usage(server);
         for line in &self.problems {
             println!("  server log      {line}");
-        }
-    }
-
-    fn print_latency(&self) {
-        match self.latency() {
-            Some(l) => println!(
-                "  latency ms      p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({} answered requests)",
-                l.p50,
-                l.p99,
-                l.p999,
-                l.max,
-                self.stats.latencies.len()
-            ),
-            None => println!("  latency ms      n/a (nothing answered)"),
         }
     }
 
