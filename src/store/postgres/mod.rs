@@ -24,9 +24,9 @@ use tokio_postgres::{NoTls, Transaction};
 use ulid::{Generator, Ulid};
 
 use super::{
-    Appended, CallLimit, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter, EventOutcome,
-    EventSummary, GroupWritten, NewEvent, OutcomeBatch, PendingAction, PlatformToken, Pruned, RejectedBody, Store,
-    StoreError, StoredEvent, WriteGroup, write_separately,
+    Appended, CallLimit, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter,
+    EventOutcome, EventSummary, GroupWritten, NewEvent, OutcomeBatch, PendingAction, PlatformToken,
+    Pruned, RejectedBody, Store, StoreError, StoredEvent, WriteGroup, write_separately,
 };
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::destination::Destination;
@@ -40,7 +40,8 @@ pub use target::Target;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
-    runtime: tokio::runtime::Runtime,
+    /// Always set but while dropping: see the `Drop` impl.
+    runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     /// Where the database is, for messages (never the password).
     target: Target,
@@ -72,7 +73,7 @@ impl PgStore {
             .map_err(StoreError::Thread)?;
         let pool = runtime.block_on(async { build_pool(postgres) })?;
         let store = PgStore {
-            runtime,
+            runtime: Some(runtime),
             pool,
             target,
             ids: Mutex::new(Generator::new()),
@@ -94,7 +95,11 @@ impl PgStore {
         &self,
         work: impl AsyncFnOnce(&mut Object) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.runtime.block_on(async {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until the store drops");
+        runtime.block_on(async {
             let mut client = self.connection().await?;
             work(&mut client).await
         })
@@ -146,6 +151,16 @@ impl PgStore {
 
     fn lease_from(&self, now: Millis) -> i64 {
         now.0.saturating_add(self.lease.as_millis() as i64)
+    }
+}
+
+/// A store may be dropped on a thread of another runtime (the server's), where waiting for
+/// this one's tasks is not allowed: its connections are closed without waiting.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
