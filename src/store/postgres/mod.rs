@@ -3,7 +3,7 @@
 //!
 //! The [`Store`] trait is synchronous (its callers are the intake's writer thread, script
 //! workers and blocking tasks), and tokio-postgres is asynchronous: the store owns a small
-//! runtime of its own and blocks on it, so no caller's runtime is ever blocked or entered.
+//! runtime of its own that drives the connections, and each call waits for its own work.
 //! The files below hold the statements by stage, as for SQLite.
 
 mod campaigns;
@@ -71,7 +71,10 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(StoreError::Thread)?;
-        let pool = runtime.block_on(async { build_pool(postgres) })?;
+        let pool = {
+            let _context = runtime.enter();
+            build_pool(postgres)?
+        };
         let store = PgStore {
             runtime: Some(runtime),
             pool,
@@ -99,7 +102,11 @@ impl PgStore {
             .runtime
             .as_ref()
             .expect("the runtime lives until the store drops");
-        runtime.block_on(async {
+        // The caller may itself be on a runtime's thread (`serve` opens its store in its async
+        // main), where tokio refuses `block_on`: the work is polled here with a plain
+        // executor, in this runtime's context, whose threads drive the connections' I/O.
+        let _context = runtime.enter();
+        futures_executor::block_on(async {
             let mut client = self.connection().await?;
             work(&mut client).await
         })
