@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use common::load::Load;
 use common::pg::TestDatabase;
-use common::{RECEIVER, TestServer, assert_exit, fixtures, in_parallel, json_lines, wait_until};
+use common::{
+    RECEIVER, TestServer, all_output, assert_exit, config_file, fixtures, in_parallel, json_lines,
+    run_cli_with_env, wait_until,
+};
 use proxy::Proxy;
 use serde_json::Value;
 use sinks::HttpSink;
@@ -237,4 +240,45 @@ fn database_authority(database: &TestDatabase) -> String {
 fn database_addr(database: &TestDatabase) -> Option<SocketAddr> {
     use std::net::ToSocketAddrs;
     database_authority(database).to_socket_addrs().ok()?.next()
+}
+
+#[test]
+fn commands_use_the_database_of_store_url_and_never_show_its_password() {
+    const PASSWORD: &str = "pw-never-shown-4711";
+    let Some(database) = TestDatabase::create() else {
+        return;
+    };
+    // The test server trusts local connections, so any password is accepted.
+    let with_password =
+        database
+            .url
+            .replacen("://postgres@", &format!("://postgres:{PASSWORD}@"), 1);
+    let (_dir, config) = config_file("[scripts]\ndir = \"scripts\"\n");
+    let env = [("NOTIROUTER__STORE__URL", with_password.as_str())];
+
+    let doctor = run_cli_with_env(&config, &["doctor"], &env);
+    let text = all_output(&doctor);
+    assert!(
+        common::stdout(&doctor).contains("PostgreSQL 1"),
+        "doctor reports the server: {text}"
+    );
+    assert!(!text.contains(PASSWORD), "{text}");
+    for command in [&["events", "list"][..], &["dead", "list"]] {
+        let output = run_cli_with_env(&config, command, &env);
+        assert_exit(&output, 0);
+    }
+
+    let unreachable = with_password.replacen(&database_authority(&database), "127.0.0.1:9", 1);
+    let output = run_cli_with_env(
+        &config,
+        &["events", "list"],
+        &[("NOTIROUTER__STORE__URL", unreachable.as_str())],
+    );
+    let text = all_output(&output);
+    assert_ne!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("cannot reach the database 127.0.0.1:9/"),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD), "{text}");
 }

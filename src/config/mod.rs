@@ -462,6 +462,38 @@ mod tests {
     }
 
     #[test]
+    fn a_url_selects_postgresql_and_its_errors_never_repeat_it() {
+        assert!(parse("").unwrap().store.postgres.is_none());
+        let url = "postgres://app:pw-secret@db.example.com:6543/fleet";
+        let config = parse(&format!("[store]\nurl = \"{url}\"\npool_size = 4")).unwrap();
+        let postgres = config.store.postgres.expect("a url selects PostgreSQL");
+        assert_eq!(postgres.pool_size, 4);
+        assert_eq!(postgres.url.get_dbname(), Some("fleet"));
+        assert!(!format!("{postgres:?}").contains("pw-secret"));
+        let from_env = parse_env("", &[("NOTIROUTER__STORE__URL", url)]).unwrap();
+        assert!(from_env.store.postgres.is_some());
+
+        for (text, expected) in [
+            (
+                "url = \"mysql://app:pw-secret@db/x\"",
+                "store.url: must be a PostgreSQL URL",
+            ),
+            (
+                "url = \"postgres://app:pw-secret@db:port/x\"",
+                "store.url: is not a valid PostgreSQL URL",
+            ),
+            (
+                "url = \"postgres://db/x\"\npool_size = 0",
+                "store.pool_size: must be at least 1",
+            ),
+        ] {
+            let error = parse(&format!("[store]\n{text}")).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(!error.contains("pw-secret"), "{error}");
+        }
+    }
+
+    #[test]
     fn a_lease_must_outlast_a_send_and_the_record_of_its_outcome() {
         let error = parse("[store]\nlease = \"0s\"").unwrap_err().to_string();
         assert!(

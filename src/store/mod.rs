@@ -54,6 +54,8 @@ pub enum StoreError {
         "cannot reach the database {target}: {reason}; check store.url and that PostgreSQL is up"
     )]
     Unreachable { target: String, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("stored data is damaged ({0}); restore the store from a backup")]
     Damaged(String),
     #[error(
@@ -416,6 +418,10 @@ pub trait Store: StateView + Send + Sync + 'static {
 
     /// Proves the store can take a write lock now.
     fn probe(&self) -> Result<(), StoreError>;
+
+    /// What the store is and that it works, in one line for `doctor`: it opens, takes writes
+    /// and has what the backend needs (a journal, a server version, permissions).
+    fn describe(&self) -> Result<String, StoreError>;
 
     /// Deletes, at most `limit` rows at a time, finished events received before `before` whose
     /// actions are all settled, and rejected bodies received before it.

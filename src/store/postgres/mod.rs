@@ -161,6 +161,47 @@ impl PgStore {
     }
 }
 
+/// The oldest PostgreSQL the schema and its statements are written for.
+const OLDEST_SERVER: i32 = 130_000;
+
+impl PgStore {
+    /// The server's version, and that this user may create tables and write in its schema.
+    fn describe_server(&self) -> Result<String, StoreError> {
+        let target = self.target.to_string();
+        self.in_transaction(Durability::Claim, async |transaction| {
+            let row = transaction
+                .query_one(
+                    "SELECT current_setting('server_version_num')::INTEGER,
+                     current_setting('server_version'), current_schema(),
+                     has_schema_privilege(current_schema(), 'CREATE')",
+                    &[],
+                )
+                .await
+                .map_err(database("reading the server's version"))?;
+            let (number, version): (i32, String) = (row.get(0), row.get(1));
+            let (schema, can_create): (String, bool) = (row.get(2), row.get(3));
+            if number < OLDEST_SERVER {
+                return Err(StoreError::Unsupported(format!(
+                    "{target} runs PostgreSQL {version}; notirouter needs 13 or later"
+                )));
+            }
+            if !can_create {
+                return Err(StoreError::Unsupported(format!(
+                    "the user of store.url may not create tables in schema {schema} of {target}; \
+                     GRANT CREATE ON SCHEMA {schema} to it"
+                )));
+            }
+            transaction
+                .execute("CREATE TEMPORARY TABLE doctor_probe (x INTEGER) ON COMMIT DROP", &[])
+                .await
+                .map_err(database("writing a probe table"))?;
+            Ok(format!(
+                "{target}: PostgreSQL {version}, schema {schema} migrated, tables can be created and written"
+            ))
+        })
+    }
+}
+
 /// A store may be dropped on a thread of another runtime (the server's), where waiting for
 /// this one's tasks is not allowed: its connections are closed without waiting.
 impl Drop for PgStore {
@@ -213,9 +254,11 @@ fn pool_error_reason(error: deadpool_postgres::PoolError) -> String {
         PoolError::Timeout(_) => {
             "no connection within 5 s (is the database up and reachable?)".into()
         }
-        PoolError::Backend(error) => match error.as_db_error() {
-            Some(db) => db.message().to_owned(),
-            None => error.to_string(),
+        PoolError::Backend(error) => match (error.as_db_error(), std::error::Error::source(&error))
+        {
+            (Some(db), _) => db.message().to_owned(),
+            (None, Some(cause)) => format!("{error}: {cause}"),
+            (None, None) => error.to_string(),
         },
         other => other.to_string(),
     }
@@ -278,6 +321,10 @@ impl Store for PgStore {
                 .await
                 .map_err(database("probing the database"))
         })
+    }
+
+    fn describe(&self) -> Result<String, StoreError> {
+        self.describe_server()
     }
 
     fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError> {
