@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use notirouter::campaign::{CampaignKey, Kind};
 use notirouter::config::Config;
 use notirouter::model::Millis;
 use notirouter::notification::canonical_hash;
 use notirouter::store::{NewEvent, SqliteStore, Store};
 use notirouter::ui::Dashboard;
-use notirouter::ui::campaign::{CampaignKey, Kind};
 
 const BATCH: usize = 1_000;
 const DEVICES: usize = 20_000;
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     fill(store.as_ref(), 0, events)?;
     println!("stored {events} events in {:.1?}", started.elapsed());
 
-    let dashboard = Dashboard::new(store.clone(), &config);
+    let dashboard = Dashboard::new(store.clone(), Default::default(), &config);
     let cold = time(|| dashboard.campaigns(|index| index.summaries().len()))?;
     println!(
         "first /api/v1/campaigns (counts everything): {:.1?}",

@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use super::run::{self, RunContext};
 use crate::action::{Action, ActionSpec, Chat, Email, PlatformOp, Webhook};
+use crate::campaign::{CampaignKey, Kind, Report};
 use crate::config::ChannelKind;
+use crate::model::state::DigestKey;
 
 type Outcome<T> = Result<T, Box<EvalAltResult>>;
 
@@ -35,6 +37,11 @@ pub(crate) const SIGNATURES: &[(&str, &str)] = &[
         "count",
         "count(key, window) with window a duration string such as \"1h\"",
     ),
+    (
+        "digest",
+        "digest(key, window, item) with window a duration string such as \"10m\" and item a string or map",
+    ),
+    ("campaign", "campaign(n)"),
     ("log", "log(msg) or log(level, msg)"),
 ];
 
@@ -77,6 +84,10 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn("count", |key: Dynamic, window: Dynamic| {
         count(&key, &window)
     });
+    engine.register_fn("digest", |key: Dynamic, window: Dynamic, item: Dynamic| {
+        digest(&key, &window, &item)
+    });
+    engine.register_fn("campaign", |n: Dynamic| campaign(&n));
     engine.register_fn("log", |message: Dynamic| {
         log(&Dynamic::from("info"), &message)
     });
@@ -446,6 +457,45 @@ fn count(key: &Dynamic, window: &Dynamic) -> Outcome<i64> {
     run::current("count", |run| {
         run.with_state(|state| state.count(&key, window))
     })
+}
+
+fn digest(key: &Dynamic, window: &Dynamic, item: &Dynamic) -> Outcome<()> {
+    let arguments = [key, window, item];
+    let parsed = match (text(key), item.is_string() || item.is_map()) {
+        (Some(key), true) => Ok((key, duration("digest", window, &arguments)?)),
+        _ => Err(wrong_arguments("digest", &arguments)),
+    };
+    let (key, window) = parsed.map_err(|message| format!("digest: {message}"))?;
+    let item = to_json("digest", item)?.to_string();
+    run::current("digest", |run| {
+        let key = DigestKey {
+            plugin: run.plugin.clone(),
+            key,
+        };
+        run.changes.add_to_digest(key, window, item, run.now);
+        Ok(())
+    })
+}
+
+fn campaign(n: &Dynamic) -> Outcome<Dynamic> {
+    let Some(result) = upgrade_result("campaign", n)? else {
+        return Err(
+            "campaign: the notification is not a software or firmware upgrade result".into(),
+        );
+    };
+    let key = CampaignKey {
+        kind: Kind::of_notify_type(&result.notify_type).expect("an upgrade result has a kind"),
+        target_version: result.target_version,
+    };
+    let report = run::current("campaign", |run| {
+        let report = run.committed.campaigns.report(&key, &run.event_id);
+        report.map_err(|failure| {
+            let message = failure.to_string();
+            run.state_failure = Some(failure);
+            message
+        })
+    })?;
+    rhai::serde::to_dynamic(report.unwrap_or_else(|| Report::empty(&key)))
 }
 
 fn log(level: &Dynamic, message: &Dynamic) -> Outcome<()> {

@@ -12,6 +12,7 @@ mod claims;
 mod columns;
 mod dedup;
 mod delivery;
+mod digests;
 mod intake;
 mod outcomes;
 mod queries;
@@ -335,6 +336,14 @@ impl Store for SqliteStore {
 
     fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
         self.write_drop(id)
+    }
+
+    fn fire_ended_digests(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.fire_digests(now, limit)
+    }
+
+    fn next_digest_end(&self) -> Result<Option<Millis>, StoreError> {
+        self.read_next_digest_end()
     }
 
     fn campaign_view(&self) -> Option<&dyn super::campaigns::CampaignView> {

@@ -7,9 +7,9 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{RefreshQuery, Shared, chart};
+use crate::campaign::{CampaignKey, Detail, DeviceFilter, DeviceRecord, DeviceStatus, Retry};
 use crate::store::ActionStatus;
 use crate::ui::api::{blocking, campaign_key, no_campaign};
-use crate::ui::campaign::{CampaignKey, Detail, DeviceFilter, DeviceRecord, DeviceStatus, Retry};
 use crate::ui::html::{Page, Refresh, device_link, encode, percent, stacked_bar, time};
 use crate::ui::{Dashboard, UiError};
 

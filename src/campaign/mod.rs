@@ -4,7 +4,8 @@
 //!
 //! [`CampaignIndex`] folds upgrade notifications and platform actions in, one at a time, and
 //! keeps every count up to date as it goes, so that reading a campaign costs a lookup and not
-//! a scan. It is pure: [`super::catch_up`] feeds it from the store.
+//! a scan. It is pure: [`Counter`] feeds it from the store, for the dashboard and the
+//! scripts alike.
 
 use std::collections::HashMap;
 
@@ -12,9 +13,11 @@ use crate::action::{Action, ActionSpec};
 use crate::model::Millis;
 use crate::store::ActionStatus;
 
+mod counter;
 mod counts;
 mod upgrade;
 
+pub use counter::Counter;
 pub use counts::*;
 pub use upgrade::*;
 
@@ -200,6 +203,13 @@ impl CampaignIndex {
             campaign.error_counts(),
             campaign.operations.iter().cloned().collect(),
         ))
+    }
+
+    /// One campaign as `campaign(n)` reads it (cheap: no scan).
+    pub fn report(&self, key: &CampaignKey) -> Option<Report> {
+        let campaign = self.campaigns.get(key)?;
+        campaign.last_at?;
+        Some(campaign.report(key))
     }
 
     pub fn detail(&self, key: &CampaignKey) -> Option<Detail> {

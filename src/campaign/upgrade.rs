@@ -33,7 +33,7 @@ impl Kind {
     }
 
     /// The kind of an upgrade notification type (`sw…` or `fw…`).
-    pub(super) fn of_notify_type(notify_type: &str) -> Option<Kind> {
+    pub fn of_notify_type(notify_type: &str) -> Option<Kind> {
         match notify_type.get(..2) {
             Some("sw") => Some(Kind::Software),
             Some("fw") => Some(Kind::Firmware),
