@@ -42,4 +42,9 @@ contract!(
     a_claim_renewed_by_its_holder_outlasts_the_first_lease,
     a_result_ends_the_claim_and_a_retry_is_claimable_when_due,
     a_batch_whose_state_changed_since_it_was_read_is_refused,
+    a_digest_fires_once_when_its_window_ends_with_its_items_in_order,
+    a_digest_keeps_its_first_items_and_counts_every_one,
+    a_refused_batch_adds_nothing_to_a_digest,
+    two_firing_at_once_make_one_event_per_digest,
+    an_addition_after_a_digest_fired_opens_a_new_one,
 );
