@@ -5,7 +5,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use super::{CampaignIndex, Upgrade};
+use super::{CampaignIndex, Report, Upgrade};
 use crate::store::StoreError;
 use crate::store::campaigns::{ActionCursor, CampaignView};
 
@@ -37,20 +37,22 @@ impl Counter {
         Ok(read(&counted.index))
     }
 
-    /// Reads the counts with `read` once they include the event of arrival number `seq`:
-    /// the store is read only when they do not yet, so that reading the campaign of each
-    /// event of a batch costs one catch-up for the whole batch.
-    pub fn read_through<T>(
+    /// The report of the campaign of upgrade result `upgrade`, the event of arrival number
+    /// `seq`, with it counted. The store is read only when the counts do not include it yet,
+    /// so that the runs of a batch of events cost one catch-up for the whole batch.
+    pub fn report_through(
         &self,
         view: &dyn CampaignView,
         seq: i64,
-        read: impl FnOnce(&CampaignIndex) -> T,
-    ) -> Result<T, StoreError> {
+        upgrade: &Upgrade,
+    ) -> Result<Option<Report>, StoreError> {
         let mut counted = self.lock();
         if counted.after_seq < seq {
             counted.catch_up(view)?;
         }
-        Ok(read(&counted.index))
+        Ok(upgrade
+            .campaign()
+            .and_then(|key| counted.index.report(&key)))
     }
 
     fn lock(&self) -> MutexGuard<'_, Counted> {

@@ -173,6 +173,35 @@ impl Campaign {
         self.last_at = Some(self.last_at.map_or(at, |last| last.max(at)));
     }
 
+    /// Counts a device's result: its latest, and whether it ever failed.
+    pub(super) fn count_result(
+        &mut self,
+        device_id: &str,
+        operation_id: String,
+        succeeded: bool,
+        error_code: String,
+        at: Millis,
+    ) {
+        self.touch(at);
+        self.results.push((at, succeeded));
+        let ever_failed = !succeeded
+            || self
+                .devices
+                .get(device_id)
+                .is_some_and(|record| record.ever_failed);
+        let record = DeviceRecord {
+            status: match succeeded {
+                true => DeviceStatus::Succeeded,
+                false => DeviceStatus::Failed,
+            },
+            ever_failed,
+            error_code: (!succeeded).then_some(error_code),
+            operation_id,
+            last_at: at,
+        };
+        self.set_device(device_id, record);
+    }
+
     /// Replaces a device's record, keeping the counts and error codes in step.
     pub(super) fn set_device(&mut self, device_id: &str, record: DeviceRecord) {
         if let Some(old) = self.devices.remove(device_id) {

@@ -51,24 +51,7 @@ impl CampaignIndex {
                 };
                 self.learn_operation(&operation_id, &key);
                 let campaign = self.campaigns.entry(key).or_default();
-                campaign.touch(at);
-                campaign.results.push((at, succeeded));
-                let ever_failed = !succeeded
-                    || campaign
-                        .devices
-                        .get(&device_id)
-                        .is_some_and(|record| record.ever_failed);
-                let record = DeviceRecord {
-                    status: match succeeded {
-                        true => DeviceStatus::Succeeded,
-                        false => DeviceStatus::Failed,
-                    },
-                    ever_failed,
-                    error_code: (!succeeded).then_some(error_code),
-                    operation_id,
-                    last_at: at,
-                };
-                campaign.set_device(&device_id, record);
+                campaign.count_result(&device_id, operation_id, succeeded, error_code, at);
             }
             Upgrade::StateChange {
                 device_id,

@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::run::{self, RunContext};
 use crate::action::{Action, ActionSpec, Chat, Email, PlatformOp, Webhook};
-use crate::campaign::{CampaignKey, Kind, Report};
+use crate::campaign::{Report, Upgrade};
 use crate::config::ChannelKind;
+use crate::model::Millis;
 use crate::model::state::DigestKey;
 
 type Outcome<T> = Result<T, Box<EvalAltResult>>;
@@ -478,17 +479,20 @@ fn digest(key: &Dynamic, window: &Dynamic, item: &Dynamic) -> Outcome<()> {
 }
 
 fn campaign(n: &Dynamic) -> Outcome<Dynamic> {
-    let Some(result) = upgrade_result("campaign", n)? else {
-        return Err(
-            "campaign: the notification is not a software or firmware upgrade result".into(),
-        );
+    let not_a_result = || -> Box<EvalAltResult> {
+        "campaign: the notification is not a software or firmware upgrade result (with deviceId, operationId and targetVersion)".into()
     };
-    let key = CampaignKey {
-        kind: Kind::of_notify_type(&result.notify_type).expect("an upgrade result has a kind"),
-        target_version: result.target_version,
+    let Some(map) = n.read_lock::<Map>() else {
+        return Err(format!("campaign: {}", wrong_arguments("campaign", &[n])).into());
     };
+    let field = |name: &str| map.get(name).and_then(text);
+    let notify_type = field("notifyType").unwrap_or_default();
+    let result = Upgrade::from_fields(&notify_type, field, Millis::now())
+        .filter(|upgrade| upgrade.campaign().is_some())
+        .ok_or_else(not_a_result)?;
+    let key = result.campaign().expect("filtered above");
     let report = run::current("campaign", |run| {
-        let report = run.committed.campaigns.report(&key, &run.event_id);
+        let report = run.committed.campaigns.report(&result, &run.event_id);
         report.map_err(|failure| {
             let message = failure.to_string();
             run.state_failure = Some(failure);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Campaigns, Committed};
-use crate::campaign::{CampaignKey, Counter, Report};
+use crate::campaign::{Counter, Report, Upgrade};
 use crate::model::EventId;
 use crate::model::state::StateError;
 use crate::store::Store;
@@ -15,14 +15,14 @@ pub struct StoreCampaigns {
 }
 
 impl Campaigns for StoreCampaigns {
-    fn report(&self, key: &CampaignKey, event_id: &str) -> Result<Option<Report>, StateError> {
+    fn report(&self, result: &Upgrade, event_id: &str) -> Result<Option<Report>, StateError> {
         let Some(view) = self.store.campaign_view() else {
             return Ok(None);
         };
-        // An id that is not a stored event's (a replay's copy) is counted by catching up.
+        // An id that is not a stored event's is counted by catching up.
         let seq = event_id.parse::<EventId>().map_or(i64::MAX, EventId::seq);
         self.counter
-            .read_through(view, seq, |index| index.report(key))
+            .report_through(view, seq, result)
             .map_err(|error| StateError(error.to_string()))
     }
 }

@@ -191,11 +191,15 @@ impl MemoryCampaigns {
 }
 
 impl Campaigns for MemoryCampaigns {
-    fn report(&self, key: &CampaignKey, _event_id: &str) -> Result<Option<Report>, StateError> {
-        let counted = lock(&self.index).report(key);
-        Ok(match (counted, self.presets.get(key)) {
+    fn report(&self, result: &Upgrade, _event_id: &str) -> Result<Option<Report>, StateError> {
+        // Each event is counted before its run.
+        let Some(key) = result.campaign() else {
+            return Ok(None);
+        };
+        let counted = lock(&self.index).report(&key);
+        Ok(match (counted, self.presets.get(&key)) {
             (Some(report), Some(extra)) => Some(report.with_extra(extra)),
-            (None, Some(extra)) => Some(Report::empty(key).with_extra(extra)),
+            (None, Some(extra)) => Some(Report::empty(&key).with_extra(extra)),
             (counted, None) => counted,
         })
     }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use rhai::{Dynamic, EvalAltResult, Position};
 use serde::Serialize;
 
-use crate::campaign::{CampaignKey, Report};
+use crate::campaign::{Report, Upgrade};
 use crate::config::{ChannelKind, Config};
 use crate::model::state::{StateError, StateView};
 
@@ -40,9 +40,9 @@ pub struct Committed {
 
 /// The campaign counts that `campaign(n)` reads.
 pub trait Campaigns: Send + Sync {
-    /// Campaign `key` as counted with the event `event_id` (the one being run) included;
-    /// `None` when nothing of it is counted.
-    fn report(&self, key: &CampaignKey, event_id: &str) -> Result<Option<Report>, StateError>;
+    /// The campaign of `result`, an upgrade result, counted with it: the event `event_id`,
+    /// being run. `None` when nothing of it is counted.
+    fn report(&self, result: &Upgrade, event_id: &str) -> Result<Option<Report>, StateError>;
 }
 
 /// The limits every run is held to.
