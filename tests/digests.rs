@@ -17,8 +17,17 @@ use sinks::{HttpSink, SmtpSink};
 /// Long enough for a summary to be sent after its window on a busy machine.
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Chat channel `ops` and email going to the sinks.
+fn sinks_config(chat: &HttpSink, smtp: &SmtpSink) -> String {
+    format!(
+        "[channels.ops]\nkind = \"slack\"\nurl = \"{}\"\n\n[email]\ntransport = \"smtp\"\nsmtp_url = \"{}\"\n",
+        chat.url("/services/T0/B0/token"),
+        smtp.url()
+    )
+}
+
 /// The shipped plugins, with chat and email going to real sinks, the storm window `window`
-/// (a digest's window too) and `extra` appended.
+/// (a digest's window too) and `extra` appended to `[scripts]`.
 fn shipped_config(chat: &HttpSink, smtp: &SmtpSink, window: &str, extra: &str) -> String {
     format!(
         r#"
@@ -27,14 +36,7 @@ dir = "{scripts}"
 hot_reload = false
 {extra}
 
-[channels.ops]
-kind = "slack"
-url = "{chat_url}"
-
-[email]
-transport = "smtp"
-smtp_url = "{smtp_url}"
-
+{sinks}
 [vars]
 ops_email = "ops@example.com"
 chat_channel = "ops"
@@ -43,8 +45,7 @@ storm_window = "{window}"
 dashboard_url = "https://dash.example.com"
 "#,
         scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts"),
-        chat_url = chat.url("/services/T0/B0/token"),
-        smtp_url = smtp.url(),
+        sinks = sinks_config(chat, smtp),
     )
 }
 
@@ -307,14 +308,7 @@ fn the_campaign_guard_trips_once_at_its_threshold_and_retries_stop() {
         .collect();
     let config = format!(
         r#"
-[channels.ops]
-kind = "slack"
-url = "{chat_url}"
-
-[email]
-transport = "smtp"
-smtp_url = "{smtp_url}"
-
+{sinks}
 [platform]
 enabled = true
 base_url = "https://127.0.0.1:9"
@@ -330,8 +324,7 @@ transient_error_codes = ["4"]
 guard_min_devices = 10
 guard_fail_rate = 0.5
 "#,
-        chat_url = chat.url("/hook"),
-        smtp_url = smtp.url(),
+        sinks = sinks_config(&chat, &smtp),
     );
     let server = TestServer::start_with_script_files(&config, &files);
     // Four successes, then failures: the 9th failure makes 13 results, 9 failed (69 %); the

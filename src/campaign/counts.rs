@@ -147,9 +147,7 @@ impl TimelinePoint {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detail {
     #[serde(flatten)]
-    pub summary: Summary,
-    pub error_codes: Vec<ErrorCount>,
-    pub operations: Vec<String>,
+    pub report: Report,
     pub timeline: Vec<TimelinePoint>,
 }
 

@@ -196,11 +196,8 @@ impl CampaignIndex {
     }
 
     pub fn detail(&self, key: &CampaignKey) -> Option<Detail> {
-        let (summary, error_codes, operations) = self.summary(key)?;
         Some(Detail {
-            summary,
-            error_codes,
-            operations,
+            report: self.report(key)?,
             timeline: self.campaigns[key].timeline(),
         })
     }

@@ -402,6 +402,14 @@ fn module_name(index: usize) -> String {
     format!("plugin{index}")
 }
 
+/// How many parameters each function named `name` takes.
+fn arities(ast: &AST, name: &str) -> Vec<usize> {
+    ast.iter_functions()
+        .filter(|function| function.name == name)
+        .map(|function| function.params.len())
+        .collect()
+}
+
 /// Compiles a plugin and runs its top level once. Errors are located by `label`, the file's
 /// path.
 fn compile(
@@ -414,12 +422,7 @@ fn compile(
         .compile(&source)
         .map_err(|error| ScriptError::from_parse(label, &error))?;
     ast.set_source(label);
-    let arities: Vec<usize> = ast
-        .iter_functions()
-        .filter(|function| function.name == "on_notification")
-        .map(|function| function.params.len())
-        .collect();
-    let takes_meta = match arities.as_slice() {
+    let takes_meta = match arities(&ast, "on_notification").as_slice() {
         [1] => false,
         [2] | [1, 2] | [2, 1] => true,
         _ => {
@@ -429,12 +432,7 @@ fn compile(
             ));
         }
     };
-    let digest_arities: Vec<usize> = ast
-        .iter_functions()
-        .filter(|function| function.name == "on_digest")
-        .map(|function| function.params.len())
-        .collect();
-    let on_digest = match digest_arities.as_slice() {
+    let on_digest = match arities(&ast, "on_digest").as_slice() {
         [] => None,
         [3] => Some(DigestArity::WithoutMeta),
         [4] | [3, 4] | [4, 3] => Some(DigestArity::WithMeta),
