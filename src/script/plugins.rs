@@ -75,6 +75,15 @@ pub struct DigestInput {
     pub total: i64,
 }
 
+/// One run of a plugin set on one event, as it goes.
+struct Pass<'a> {
+    event: &'a EventInput,
+    committed: &'a Committed,
+    changes: &'a mut StateChanges,
+    now: Millis,
+    result: EventRun,
+}
+
 /// What one plugin did with one event.
 #[derive(Debug, Clone)]
 pub struct PluginOutcome {
@@ -274,41 +283,38 @@ impl PluginSet {
         changes: &mut StateChanges,
         now: Millis,
     ) -> Result<EventRun, StateError> {
-        let mut result = EventRun::default();
+        let mut pass = Pass {
+            event,
+            committed,
+            changes,
+            now,
+            result: EventRun::default(),
+        };
         if let Some(digest) = &event.digest {
-            self.run_digest(digest, event, committed, changes, now, &mut result)?;
-            return Ok(result);
+            self.run_digest(&mut pass, digest)?;
+            return Ok(pass.result);
         }
         for index in 0..self.plugins.len() {
-            let call = |plugin: &Self| plugin.call(index, event);
-            self.run_one(index, event, committed, changes, now, call, &mut result)?;
+            self.run_one(&mut pass, index, |set| set.call(index, event))?;
         }
-        Ok(result)
+        Ok(pass.result)
     }
 
     /// Runs the `on_digest` of the digest's plugin; a plugin gone since, or without
     /// `on_digest`, is that plugin's error.
-    fn run_digest(
-        &self,
-        digest: &DigestInput,
-        event: &EventInput,
-        committed: &Committed,
-        changes: &mut StateChanges,
-        now: Millis,
-        result: &mut EventRun,
-    ) -> Result<(), StateError> {
+    fn run_digest(&self, pass: &mut Pass<'_>, digest: &DigestInput) -> Result<(), StateError> {
         let found = self.plugins.iter().position(|p| p.name == digest.plugin);
         match found.filter(|index| self.digest_drivers[*index].is_some()) {
             Some(index) => {
-                let call = |plugin: &Self| plugin.call_digest(index, digest, event);
-                self.run_one(index, event, committed, changes, now, call, result)
+                let event = pass.event;
+                self.run_one(pass, index, |set| set.call_digest(index, digest, event))
             }
             None => {
                 let message = format!(
                     "digest {} ended, but the plugin is gone or defines no on_digest(key, items, total); its {} item(s) are dropped",
                     digest.key, digest.total
                 );
-                result.plugins.push(PluginOutcome {
+                pass.result.plugins.push(PluginOutcome {
                     plugin: digest.plugin.clone(),
                     error: Some(ScriptError::file(&digest.plugin, message)),
                     actions: 0,
@@ -319,26 +325,23 @@ impl PluginSet {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs plugin `index` through `call`, in a run context of its own.
     fn run_one(
         &self,
+        pass: &mut Pass<'_>,
         index: usize,
-        event: &EventInput,
-        committed: &Committed,
-        changes: &mut StateChanges,
-        now: Millis,
         call: impl FnOnce(&Self) -> Result<Dynamic, Box<EvalAltResult>>,
-        result: &mut EventRun,
     ) -> Result<(), StateError> {
+        let (event, changes) = (pass.event, &mut *pass.changes);
         let plugin = &self.plugins[index];
         let checkpoint = changes.checkpoint();
         let started = Instant::now();
         let context = RunContext {
             plugin: plugin.name.clone(),
             event_id: event.id.clone(),
-            now,
+            now: pass.now,
             deadline: started + self.max_run_time,
-            committed: committed.clone(),
+            committed: pass.committed.clone(),
             changes: std::mem::take(changes),
             actions: Vec::new(),
             settings: Arc::clone(&self.settings),
@@ -358,10 +361,10 @@ impl PluginSet {
             0
         } else {
             let count = context.actions.len();
-            result.actions.extend(context.actions);
+            pass.result.actions.extend(context.actions);
             count
         };
-        result.plugins.push(PluginOutcome {
+        pass.result.plugins.push(PluginOutcome {
             plugin: plugin.name.clone(),
             error,
             actions,
