@@ -463,7 +463,7 @@ fn count(key: &Dynamic, window: &Dynamic) -> Outcome<i64> {
 fn digest(key: &Dynamic, window: &Dynamic, item: &Dynamic) -> Outcome<()> {
     let arguments = [key, window, item];
     let parsed = match (text(key), item.is_string() || item.is_map()) {
-        (Some(key), true) => Ok((key, duration("digest", window, &arguments)?)),
+        (Some(key), true) => duration("digest", window, &arguments).map(|window| (key, window)),
         _ => Err(wrong_arguments("digest", &arguments)),
     };
     let (key, window) = parsed.map_err(|message| format!("digest: {message}"))?;
