@@ -7,7 +7,7 @@ mod common;
 #[path = "common/sinks.rs"]
 mod sinks;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::fixtures::{self, with};
 use common::{RECEIVER, TestServer, in_parallel, queued_actions, wait_until};
@@ -195,6 +195,31 @@ fn a_digest_open_at_a_kill_9_is_summarised_once_after_the_restart() {
         "{}",
         chat_summaries[0]
     );
+}
+
+#[test]
+fn a_digest_whose_window_ended_while_the_server_was_down_fires_as_it_starts() {
+    let (chat, smtp) = (HttpSink::start(), SmtpSink::start());
+    let mut server = TestServer::start(&shipped_config(&chat, &smtp, "2s", ""));
+    for n in 0..7 {
+        server.post_accepted(&fixtures::sw_fail(&format!("dev-{n}")));
+    }
+    server.wait_until_processed();
+    server.kill9();
+    // The digests opened before the events were processed: their window has ended once the
+    // clock passes this point, with no server running.
+    let ended = SystemTime::now() + Duration::from_secs(2);
+    assert!(wait_until(SUMMARY_TIMEOUT, || SystemTime::now() >= ended));
+    assert!(
+        summaries(&chat_texts(&chat)).is_empty(),
+        "sent before the stop"
+    );
+    let server = server.restart();
+    wait_for_summaries(&server, &chat, &smtp, 1);
+    assert_eq!(settled_digest_events(&server).len(), 2);
+    let texts = summaries(&chat_texts(&chat));
+    assert_eq!(texts.len(), 1, "{texts:#?}");
+    assert!(texts[0].contains("2 more"), "{}", texts[0]);
 }
 
 #[test]
