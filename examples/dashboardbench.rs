@@ -5,6 +5,12 @@
 //! notification). Runs in-process on a temporary SQLite store, through the same
 //! `Dashboard::campaigns` call the handlers make (HTTP and JSON encoding not included).
 //!
+//! Then the scripts' `campaign(n)`, through `PluginSet::run` as the script workers call it,
+//! sharing the dashboard's counts as `serve` does: for events stored one at a time (each
+//! run catches up with the store, which has just been written), and 256 at a time as a busy
+//! worker takes them (the first run's catch-up counts the whole batch); next to a plugin that
+//! does nothing, whose cost is the run's own.
+//!
 //! `cargo run --release --example dashboardbench [-- --events 100000]`
 
 use std::path::Path;
@@ -13,12 +19,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use notirouter::campaign::{CampaignKey, Counter, Kind};
 use notirouter::config::Config;
-use notirouter::model::Millis;
+use notirouter::model::state::StateChanges;
+use notirouter::model::{EventId, Millis};
 use notirouter::notification::canonical_hash;
-use notirouter::store::{NewEvent, SqliteStore, Store};
+use notirouter::script::{Committed, EventInput, Limits, PluginSet, Settings};
+use notirouter::store::{Appended, NewEvent, SqliteStore, Store};
 use notirouter::ui::Dashboard;
-use notirouter::ui::campaign::{CampaignKey, Kind};
 
 const BATCH: usize = 1_000;
 const DEVICES: usize = 20_000;
@@ -39,7 +47,8 @@ fn main() -> anyhow::Result<()> {
     fill(store.as_ref(), 0, events)?;
     println!("stored {events} events in {:.1?}", started.elapsed());
 
-    let dashboard = Dashboard::new(store.clone(), &config);
+    let counter = Arc::new(Counter::default());
+    let dashboard = Dashboard::new(store.clone(), Arc::clone(&counter), &config);
     let cold = time(|| dashboard.campaigns(|index| index.summaries().len()))?;
     println!(
         "first /api/v1/campaigns (counts everything): {:.1?}",
@@ -65,7 +74,68 @@ fn main() -> anyhow::Result<()> {
 
     let one = dashboard.campaigns(|index| repeat_pure(10_000, || index.summary(&key)))?;
     report("one campaign's counts, no catch-up", &one);
+
+    let committed = Committed::of_store(store.clone(), counter);
+    let first = events + 1_000;
+    let reading = plugins(&config, "fn on_notification(n) { campaign(n); }")?;
+    let idle = plugins(&config, "fn on_notification(n) { }")?;
+    let runs = |set: &PluginSet, from: usize, batch: usize| {
+        run_stored(store.as_ref(), set, &committed, from, 2_000, batch)
+    };
+    report(
+        "campaign(n), events stored one at a time",
+        &runs(&reading, first, 1)?,
+    );
+    report(
+        "a plugin that does nothing, one at a time",
+        &runs(&idle, first + 4_000, 1)?,
+    );
+    report(
+        "campaign(n), events stored 256 at a time",
+        &runs(&reading, first + 8_000, 256)?,
+    );
     Ok(())
+}
+
+/// A plugin set of one plugin, `source`.
+fn plugins(config: &Config, source: &str) -> anyhow::Result<PluginSet> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("p.rhai"), source)?;
+    let settings = Arc::new(Settings::from_config(config));
+    let (set, errors) = PluginSet::load(dir.path(), &Limits::from_config(config), settings, None);
+    anyhow::ensure!(errors.is_empty(), "{errors:?}");
+    Ok(set)
+}
+
+/// Stores `count` upgrade results from `first`, `batch` at a time, and times the run of
+/// `set` on each result after its batch is stored.
+fn run_stored(
+    store: &SqliteStore,
+    set: &PluginSet,
+    committed: &Committed,
+    first: usize,
+    count: usize,
+    batch: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(count);
+    // Odd numbers are results, which campaign(n) takes.
+    let results: Vec<usize> = (first..)
+        .filter(|n| n % 2 == 1 && n % 10 != 9)
+        .take(count)
+        .collect();
+    for chunk in results.chunks(batch) {
+        let ids = append(store, chunk.iter().map(|n| body(*n)).collect())?;
+        for id in ids {
+            let stored = store.stored_event(id)?.expect("just stored");
+            let input = EventInput::from_stored(&stored).map_err(anyhow::Error::msg)?;
+            let mut changes = StateChanges::default();
+            let started = Instant::now();
+            let run = set.run(&input, committed, &mut changes, Millis::now())?;
+            samples.push(started.elapsed());
+            anyhow::ensure!(!run.failed(), "{:?}", run.plugins);
+        }
+    }
+    Ok(samples)
 }
 
 /// Stores `count` upgrade notifications numbered from `first`: per device a state change,
@@ -73,22 +143,33 @@ fn main() -> anyhow::Result<()> {
 fn fill(store: &SqliteStore, first: usize, count: usize) -> anyhow::Result<()> {
     let bodies: Vec<Value> = (first..first + count).map(body).collect();
     for chunk in bodies.chunks(BATCH) {
-        let events: Vec<NewEvent> = chunk
-            .iter()
-            .map(|body| NewEvent {
-                received_at: Millis::now(),
-                path: "/v1.0.0/messageReceiver".to_owned(),
-                remote_addr: None,
-                notify_type: body["notifyType"].as_str().map(str::to_owned),
-                device_id: body["deviceId"].as_str().map(str::to_owned),
-                body: body.to_string().into_bytes(),
-                hash: canonical_hash(body),
-                warnings: Vec::new(),
-            })
-            .collect();
-        store.append(&events, &[])?;
+        append(store, chunk.to_vec())?;
     }
     Ok(())
+}
+
+/// Stores `bodies` in one transaction; returns their ids.
+fn append(store: &SqliteStore, bodies: Vec<Value>) -> anyhow::Result<Vec<EventId>> {
+    let events: Vec<NewEvent> = bodies
+        .iter()
+        .map(|body| NewEvent {
+            received_at: Millis::now(),
+            path: "/v1.0.0/messageReceiver".to_owned(),
+            remote_addr: None,
+            notify_type: body["notifyType"].as_str().map(str::to_owned),
+            device_id: body["deviceId"].as_str().map(str::to_owned),
+            body: body.to_string().into_bytes(),
+            hash: canonical_hash(body),
+            warnings: Vec::new(),
+        })
+        .collect();
+    let appended = store.append(&events, &[])?;
+    Ok(appended
+        .into_iter()
+        .map(|appended| match appended {
+            Appended::Accepted(id) | Appended::Duplicate(id) => id,
+        })
+        .collect())
 }
 
 fn body(number: usize) -> Value {

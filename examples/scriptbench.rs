@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use notirouter::config::Config;
 use notirouter::model::Millis;
-use notirouter::model::state::{StateChanges, StateView};
-use notirouter::script::dry_run::MemoryState;
-use notirouter::script::{EventInput, EventParts, Limits, PluginSet, Settings};
+use notirouter::model::state::StateChanges;
+use notirouter::script::dry_run::{MemoryCampaigns, MemoryState};
+use notirouter::script::{Committed, EventInput, EventParts, Limits, PluginSet, Settings};
 
 #[derive(Parser)]
 struct Args {
@@ -61,7 +61,10 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 }
 
 fn measure_runs(set: &PluginSet, events: usize) -> Vec<Duration> {
-    let committed: Arc<dyn StateView + Send + Sync> = Arc::new(MemoryState::default());
+    let committed = Committed {
+        state: Arc::new(MemoryState::default()),
+        campaigns: Arc::new(MemoryCampaigns::default()),
+    };
     let mut changes = StateChanges::default();
     let mut costs = Vec::with_capacity(events);
     let no_problems = serde_json::Value::Array(Vec::new());

@@ -9,6 +9,7 @@
 
 pub mod action;
 mod background;
+pub mod campaign;
 pub mod cli;
 pub mod config;
 pub mod deliver;
@@ -90,9 +91,11 @@ pub async fn serve_with_store(
     shutdown: impl Future<Output = ()> + 'static,
 ) -> Result<(), ServeError> {
     let endpoints = http::Endpoints::prepare(&config.server, listener)?;
+    // One count of the campaigns, for the dashboard and the scripts' `campaign(n)`.
+    let counter = Arc::new(campaign::Counter::default());
     let dashboard = match config.ui.enabled {
         true => Some(http::DashboardMount::prepare(
-            ui::Dashboard::new(Arc::clone(&store), &config),
+            ui::Dashboard::new(Arc::clone(&store), Arc::clone(&counter), &config),
             config.ui.listen,
         )?),
         false => None,
@@ -120,6 +123,7 @@ pub async fn serve_with_store(
     )?;
     let workers = Workers::start(
         config.scripts.workers,
+        script::Committed::of_store(Arc::clone(&store), counter),
         store,
         intake.clone(),
         scripts.clone(),

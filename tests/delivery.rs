@@ -1183,62 +1183,6 @@ concurrency_per_destination = 16
     );
 }
 
-#[test]
-fn four_workers_send_one_storm_message_per_plugin_for_200_failures_of_one_version() {
-    let chat = HttpSink::start();
-    let smtp = SmtpSink::start();
-    let config = format!(
-        r#"
-[scripts]
-dir = "{scripts}"
-hot_reload = false
-workers = 4
-
-[channels.ops]
-kind = "slack"
-url = "{chat_url}"
-
-[email]
-transport = "smtp"
-smtp_url = "{smtp_url}"
-
-[vars]
-ops_email = "ops@example.com"
-storm_threshold = 5
-"#,
-        scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts"),
-        chat_url = chat.url("/services/T0/B0/token"),
-        smtp_url = smtp.url(),
-    );
-    let server = TestServer::start(&config);
-    // Many connections at once, so that the workers' batches interleave.
-    common::in_parallel(8, 25, |thread, n| {
-        let body = common::fixtures::sw_fail(&format!("dev-{thread}-{n}"));
-        server.post_json(RECEIVER, &body.to_string()).accepted();
-    });
-    server.wait_until_processed();
-    // Five alerts and one storm message from each of the email and chat plugins.
-    let statuses = wait_for(&server, "12 actions sent", DELIVERY_TIMEOUT, || {
-        let statuses = action_statuses(&server);
-        (statuses.get("sent") >= Some(&12)).then_some(statuses)
-    });
-    assert_eq!(statuses, HashMap::from([("sent".to_owned(), 12)]));
-    let chats: Vec<String> = chat
-        .delivered()
-        .iter()
-        .map(|r| r.json()["text"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    let storms = chats.iter().filter(|text| text.contains("storm")).count();
-    assert_eq!((chats.len(), storms), (6, 1), "{chats:#?}");
-    let subjects: Vec<String> = smtp
-        .mails()
-        .iter()
-        .map(|mail| decode_header(&mail.header("Subject").unwrap_or_default()))
-        .collect();
-    let storms = subjects.iter().filter(|s| s.contains("storm")).count();
-    assert_eq!((subjects.len(), storms), (6, 1), "{subjects:#?}");
-}
-
 /// How a server is ended before its restart.
 #[derive(Debug, Clone, Copy)]
 enum Ending {

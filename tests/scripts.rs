@@ -1172,6 +1172,67 @@ fn test_carries_state_across_the_event_files_of_one_run_only() {
     );
 }
 
+#[test]
+fn test_ends_the_digests_its_events_opened_after_the_last_event() {
+    let plugin = r#"
+        fn on_notification(n) {
+            let c = campaign(n);
+            digest(n.targetVersion, "1h", #{device: n.deviceId, failed: c.failed});
+        }
+        fn on_digest(key, items, total) {
+            slack("ops", `${key}: ${total}, last saw ${items[total - 1].failed} failed`);
+        }
+    "#;
+    let folder = Folder::new(TEST_CONFIG, &[("d.rhai", plugin)]);
+    for (file, device) in [("a.json", "dev-a"), ("b.json", "dev-b")] {
+        folder.write(file, &fixtures::sw_fail(device).to_string());
+    }
+    let output = folder.cli(&["test", "a.json", "b.json"]);
+    assert_exit(&output, 0);
+    let lines = json_lines(&output);
+    let texts: Vec<(&Value, &Value)> = lines
+        .iter()
+        .map(|line| (&line["event"], &line["text"]))
+        .collect();
+    assert_eq!(
+        texts,
+        [(
+            &json!("digest d.rhai/1.5"),
+            &json!("1.5: 2, last saw 2 failed")
+        )],
+        "campaign(n) counts each event with those before it"
+    );
+}
+
+#[test]
+fn digest_and_campaign_with_wrong_arguments_name_their_signatures() {
+    for (call, expected) in [
+        (
+            r#"digest("k", "soon", "x")"#,
+            "digest: \"soon\" is not a duration",
+        ),
+        (
+            r#"digest(1, "1h", "x")"#,
+            "expected digest(key, window, item)",
+        ),
+        (
+            r#"campaign(#{notifyType: "deviceDataChanged"})"#,
+            "campaign: the notification is not a software or firmware upgrade result",
+        ),
+    ] {
+        let plugin = format!("fn on_notification(n) {{ {call}; }}");
+        let folder = Folder::new(TEST_CONFIG, &[("p.rhai", &plugin)]);
+        folder.write("e.json", &fixtures::sw_fail("dev-a").to_string());
+        let output = folder.cli(&["test", "e.json"]);
+        assert_exit(&output, 1);
+        assert!(
+            stderr(&output).contains(expected),
+            "{call}: {}",
+            stderr(&output)
+        );
+    }
+}
+
 /// Plugins for the case tests, with the platform enabled (two retries per version).
 const CASE_PLUGINS: [(&str, &str); 4] = [
     (

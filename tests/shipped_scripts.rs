@@ -29,12 +29,12 @@ fn assert_all_pass(output: &std::process::Output, count: usize) {
 #[test]
 fn the_shipped_plugins_pass_their_cases_with_the_default_config() {
     let output = run_cases("config/notirouter.toml", "scripts/cases");
-    assert_all_pass(&output, 6);
+    assert_all_pass(&output, 7);
 }
 
 #[test]
 fn the_shipped_retry_plugin_passes_its_cases_with_the_platform_enabled() {
     let config = "scripts/cases/with-platform/notirouter.toml";
     let output = run_cases(config, "scripts/cases/with-platform");
-    assert_all_pass(&output, 4);
+    assert_all_pass(&output, 5);
 }

@@ -76,4 +76,9 @@ contract!(
     a_stored_token_survives_later_claims_and_anyone_stores_while_the_lock_is_free,
     concurrent_call_reservers_never_exceed_the_limit_together,
     a_call_reserved_after_a_quiet_window_goes_now,
+    a_digest_fires_once_when_its_window_ends_with_its_items_in_order,
+    a_digest_keeps_its_first_items_and_counts_every_one,
+    a_refused_batch_adds_nothing_to_a_digest,
+    two_firing_at_once_make_one_event_per_digest,
+    an_addition_after_a_digest_fired_opens_a_new_one,
 );

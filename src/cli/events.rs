@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 
 use super::load_plugins;
 use crate::config::Config;
-use crate::model::state::{StateChanges, StateView};
+use crate::model::state::StateChanges;
 use crate::model::{EventId, EventStatus, Millis};
-use crate::script::EventInput;
+use crate::script::{Committed, EventInput};
 use crate::store::{self, EventDetail, EventFilter, EventSummary, Opener, Store};
 
 #[derive(Debug, Subcommand)]
@@ -129,7 +129,7 @@ fn replay(
         return Ok(ExitCode::from(1));
     };
     let input = EventInput::from_stored(&event).map_err(anyhow::Error::msg)?;
-    let committed: Arc<dyn StateView + Send + Sync> = store.clone();
+    let committed = Committed::of_store(store.clone(), Default::default());
     let mut changes = StateChanges::default();
     let now = Millis::now();
     let run = set.run(&input, &committed, &mut changes, now)?;

@@ -9,10 +9,12 @@ use serde_json::Value;
 
 use super::load_plugins;
 use crate::config::Config;
+use crate::script::EventRun;
 use crate::script::dry_run::{Case, DryRun};
 
 /// Prints each action the scripts would take, one JSON object a line with `"event"` naming
-/// the file. State carries across the files of one run, so a storm can be replayed.
+/// the file. State carries across the files of one run, so a storm can be replayed; the
+/// digests the files opened then end, and their `on_digest` actions follow.
 pub fn events(config: &Config, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let Some(set) = load_plugins(config) else {
         return Ok(ExitCode::from(1));
@@ -22,29 +24,37 @@ pub fn events(config: &Config, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for file in files {
         let body =
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let run = match dry_run.run(&body, None) {
-            Ok(run) => run,
+        match dry_run.run(&body, None) {
+            Ok(run) => failed |= print_run(&file.display().to_string(), &run),
             Err(error) => {
                 eprintln!("{}: {error}", file.display());
                 failed = true;
-                continue;
             }
-        };
-        for action in &run.actions {
-            let mut line = action.to_json();
-            line["event"] = Value::from(file.display().to_string());
-            println!("{line}");
         }
-        for error in run.plugins.iter().filter_map(|p| p.error.as_ref()) {
-            eprintln!("{}: {error}", file.display());
-            failed = true;
-        }
+    }
+    // As if every window had ended after the last event.
+    for (digest, run) in dry_run.end_digests().map_err(anyhow::Error::msg)? {
+        failed |= print_run(&format!("digest {digest}"), &run);
     }
     Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Prints a run's actions, one JSON line each naming `event`, and its errors; true if any
+/// plugin failed.
+fn print_run(event: &str, run: &EventRun) -> bool {
+    for action in &run.actions {
+        let mut line = action.to_json();
+        line["event"] = Value::from(event);
+        println!("{line}");
+    }
+    for error in run.plugins.iter().filter_map(|p| p.error.as_ref()) {
+        eprintln!("{event}: {error}");
+    }
+    run.failed()
 }
 
 /// Runs every `*.json` case in `dir`: a pass/fail line each, exit 1 on any failure.

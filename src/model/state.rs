@@ -1,4 +1,4 @@
-//! Script state: `seen` keys, `count` windows and the upgrade retry budget.
+//! Script state: `seen` keys, `count` windows, the upgrade retry budget, and digest items.
 //!
 //! A run reads committed state through [`StateView`] and writes only to [`StateChanges`], an
 //! overlay that the worker commits in the same transaction as the event's outcome. Reads
@@ -65,12 +65,45 @@ pub struct StateChanges {
     pub seen: HashMap<String, SeenRecord>,
     pub counts: HashMap<String, CountDelta>,
     pub budgets: HashMap<(String, String), BudgetDelta>,
+    /// Items added to digests. Additions need no read: the store adds them to the digest
+    /// that is open when the batch commits, or opens one.
+    pub digests: HashMap<DigestKey, DigestAddition>,
     /// The committed values the run read, each as first read: the commit holds only if they
     /// are unchanged.
     pub reads: HashMap<StateKey, Option<CommittedValue>>,
     /// What each change replaced, newest last, so that a failed plugin's changes can be undone
     /// without copying the whole overlay before every run.
     undo: Vec<Undo>,
+}
+
+/// The most items a digest keeps; its total counts every item.
+pub const DIGEST_ITEMS: usize = 1_000;
+
+/// A digest: one plugin's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DigestKey {
+    pub plugin: String,
+    pub key: String,
+}
+
+/// Items a run added to one digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestAddition {
+    /// When the run added its first item: a digest this opens ends at `opened_at + window`.
+    pub opened_at: Millis,
+    pub window: Duration,
+    /// The first [`DIGEST_ITEMS`] items, each as JSON text, in the order added.
+    pub items: Vec<String>,
+    /// Every item added, kept or not.
+    pub total: i64,
+}
+
+impl DigestAddition {
+    /// When a digest opened by this addition ends.
+    pub fn ends_at(&self) -> Millis {
+        let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        Millis(self.opened_at.0.saturating_add(window))
+    }
 }
 
 /// One piece of committed state.
@@ -107,6 +140,8 @@ enum Undo {
     Seen(String, Option<SeenRecord>),
     Count(String, Option<CountDelta>),
     Budget((String, String), Option<BudgetDelta>),
+    /// The digest's item count and total before an addition (0: it had none).
+    Digest(DigestKey, usize, i64),
 }
 
 /// A point to which changes can be rolled back.
@@ -115,7 +150,10 @@ pub struct Checkpoint(usize);
 
 impl StateChanges {
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty() && self.counts.is_empty() && self.budgets.is_empty()
+        self.seen.is_empty()
+            && self.counts.is_empty()
+            && self.budgets.is_empty()
+            && self.digests.is_empty()
     }
 
     pub fn checkpoint(&self) -> Checkpoint {
@@ -129,6 +167,15 @@ impl StateChanges {
                 Undo::Seen(key, old) => restore(&mut self.seen, key, old),
                 Undo::Count(key, old) => restore(&mut self.counts, key, old),
                 Undo::Budget(key, old) => restore(&mut self.budgets, key, old),
+                Undo::Digest(key, 0, 0) => {
+                    self.digests.remove(&key);
+                }
+                Undo::Digest(key, items, total) => {
+                    if let Some(addition) = self.digests.get_mut(&key) {
+                        addition.items.truncate(items);
+                        addition.total = total;
+                    }
+                }
             }
         }
     }
@@ -151,6 +198,28 @@ impl StateChanges {
     fn set_budget(&mut self, key: (String, String), delta: BudgetDelta) {
         let old = self.budgets.insert(key.clone(), delta);
         self.undo.push(Undo::Budget(key, old));
+    }
+}
+
+impl StateChanges {
+    /// `digest(key, window, item)`: adds `item` (JSON text) to the plugin's digest `key`; the
+    /// window counts only for the addition that opens the digest.
+    pub fn add_to_digest(&mut self, key: DigestKey, window: Duration, item: String, now: Millis) {
+        let addition = self
+            .digests
+            .entry(key.clone())
+            .or_insert_with(|| DigestAddition {
+                opened_at: now,
+                window,
+                items: Vec::new(),
+                total: 0,
+            });
+        self.undo
+            .push(Undo::Digest(key, addition.items.len(), addition.total));
+        if addition.items.len() < DIGEST_ITEMS {
+            addition.items.push(item);
+        }
+        addition.total += 1;
     }
 }
 
@@ -386,6 +455,37 @@ mod tests {
         state.changes.rollback(checkpoint);
         assert_eq!(changes.counts["k"].delta, 1);
         assert!(changes.seen.is_empty() && changes.budgets.is_empty());
+    }
+
+    #[test]
+    fn digest_additions_keep_the_first_items_count_all_and_roll_back() {
+        let mut changes = StateChanges::default();
+        let key = DigestKey {
+            plugin: "p.rhai".into(),
+            key: "k".into(),
+        };
+        let add = |changes: &mut StateChanges, n: usize| {
+            changes.add_to_digest(key.clone(), MINUTE, n.to_string(), Millis(n as i64))
+        };
+        for n in 0..DIGEST_ITEMS + 5 {
+            add(&mut changes, n);
+        }
+        let checkpoint = changes.checkpoint();
+        add(&mut changes, 9_999);
+        changes.rollback(checkpoint);
+        let addition = &changes.digests[&key];
+        assert_eq!(addition.items.len(), DIGEST_ITEMS);
+        assert_eq!(addition.total, DIGEST_ITEMS as i64 + 5);
+        assert_eq!(
+            (addition.items[0].as_str(), addition.opened_at),
+            ("0", Millis(0))
+        );
+        assert_eq!(addition.ends_at(), Millis(60_000));
+        changes.rollback(Checkpoint(0));
+        assert!(
+            changes.is_empty(),
+            "undoing the first addition removes the digest"
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@ use serde_json::Value;
 
 use super::run::{self, RunContext};
 use crate::action::{Action, ActionSpec, Chat, Email, PlatformOp, Webhook};
+use crate::campaign::{Report, Upgrade};
 use crate::config::ChannelKind;
+use crate::model::Millis;
+use crate::model::state::DigestKey;
 
 type Outcome<T> = Result<T, Box<EvalAltResult>>;
 
@@ -35,6 +38,11 @@ pub(crate) const SIGNATURES: &[(&str, &str)] = &[
         "count",
         "count(key, window) with window a duration string such as \"1h\"",
     ),
+    (
+        "digest",
+        "digest(key, window, item) with window a duration string such as \"10m\" and item a string or map",
+    ),
+    ("campaign", "campaign(n)"),
     ("log", "log(msg) or log(level, msg)"),
 ];
 
@@ -77,6 +85,10 @@ pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn("count", |key: Dynamic, window: Dynamic| {
         count(&key, &window)
     });
+    engine.register_fn("digest", |key: Dynamic, window: Dynamic, item: Dynamic| {
+        digest(&key, &window, &item)
+    });
+    engine.register_fn("campaign", |n: Dynamic| campaign(&n));
     engine.register_fn("log", |message: Dynamic| {
         log(&Dynamic::from("info"), &message)
     });
@@ -446,6 +458,48 @@ fn count(key: &Dynamic, window: &Dynamic) -> Outcome<i64> {
     run::current("count", |run| {
         run.with_state(|state| state.count(&key, window))
     })
+}
+
+fn digest(key: &Dynamic, window: &Dynamic, item: &Dynamic) -> Outcome<()> {
+    let arguments = [key, window, item];
+    let parsed = match (text(key), item.is_string() || item.is_map()) {
+        (Some(key), true) => duration("digest", window, &arguments).map(|window| (key, window)),
+        _ => Err(wrong_arguments("digest", &arguments)),
+    };
+    let (key, window) = parsed.map_err(|message| format!("digest: {message}"))?;
+    let item = to_json("digest", item)?.to_string();
+    run::current("digest", |run| {
+        let key = DigestKey {
+            plugin: run.plugin.clone(),
+            key,
+        };
+        run.changes.add_to_digest(key, window, item, run.now);
+        Ok(())
+    })
+}
+
+fn campaign(n: &Dynamic) -> Outcome<Dynamic> {
+    let not_a_result = || -> Box<EvalAltResult> {
+        "campaign: the notification is not a software or firmware upgrade result (with deviceId, operationId and targetVersion)".into()
+    };
+    let Some(map) = n.read_lock::<Map>() else {
+        return Err(format!("campaign: {}", wrong_arguments("campaign", &[n])).into());
+    };
+    let field = |name: &str| map.get(name).and_then(text);
+    let notify_type = field("notifyType").unwrap_or_default();
+    let result = Upgrade::from_fields(&notify_type, field, Millis::now())
+        .filter(|upgrade| upgrade.campaign().is_some())
+        .ok_or_else(not_a_result)?;
+    let key = result.campaign().expect("filtered above");
+    let report = run::current("campaign", |run| {
+        let report = run.committed.campaigns.report(&result, &run.event_id);
+        report.map_err(|failure| {
+            let message = failure.to_string();
+            run.state_failure = Some(failure);
+            message
+        })
+    })?;
+    rhai::serde::to_dynamic(report.unwrap_or_else(|| Report::empty(&key)))
 }
 
 fn log(level: &Dynamic, message: &Dynamic) -> Outcome<()> {

@@ -8,11 +8,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::input::EventParts;
-use super::{EventInput, EventRun, PluginSet};
+use super::{Campaigns, Committed, EventInput, EventRun, PluginSet};
 use crate::action::Action;
+use crate::campaign::{CampaignIndex, CampaignKey, Counts, Kind, Report, Upgrade};
 use crate::model::Millis;
-use crate::model::state::{StateChanges, StateError, StateView};
+use crate::model::state::{DIGEST_ITEMS, StateChanges, StateError, StateView};
 use crate::notification;
+use crate::store::rules::{self, EndedDigest};
 
 /// Committed state kept in memory; each dry-run event commits into it, so that a sequence of
 /// events (a storm) can be replayed.
@@ -26,13 +28,13 @@ struct Tables {
     seen: HashMap<String, Millis>,
     counters: HashMap<String, (i64, Millis)>,
     budgets: HashMap<(String, String), (i64, Millis)>,
+    /// Open digests, in the order they were opened.
+    digests: Vec<EndedDigest>,
 }
 
 impl MemoryState {
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.tables
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.tables)
     }
 
     /// Commits a run's changes as the store would.
@@ -55,6 +57,32 @@ impl MemoryState {
                 None => (entry.0 + budget.delta, entry.1),
             };
         }
+        let mut additions: Vec<_> = changes.digests.iter().collect();
+        additions.sort_by_key(|(key, addition)| (addition.opened_at, *key));
+        for (key, addition) in additions {
+            let digest = match tables.digests.iter_mut().position(|open| open.key == *key) {
+                Some(index) => &mut tables.digests[index],
+                None => {
+                    tables.digests.push(EndedDigest {
+                        key: key.clone(),
+                        opened_at: addition.opened_at,
+                        items: Vec::new(),
+                        total: 0,
+                    });
+                    tables.digests.last_mut().expect("pushed above")
+                }
+            };
+            let room = DIGEST_ITEMS.saturating_sub(digest.items.len());
+            digest
+                .items
+                .extend(addition.items.iter().take(room).cloned());
+            digest.total += addition.total;
+        }
+    }
+
+    /// Ends every open digest, as if their windows had ended: the oldest first.
+    fn end_digests(&self) -> Vec<EndedDigest> {
+        std::mem::take(&mut self.tables().digests)
     }
 
     /// Presets from a case's `state`: `{"seen":{"key":"ago"}, "count":{"key":N},
@@ -115,22 +143,97 @@ pub struct StatePresets {
     pub count: HashMap<String, i64>,
     #[serde(default)]
     pub upgrade_retries: HashMap<String, i64>,
+    /// Counts by `KIND/VERSION` (e.g. `software/1.5`), added to those of the run's events.
+    #[serde(default)]
+    pub campaigns: HashMap<String, Counts>,
+}
+
+/// `campaign(n)` in a dry run: the run's own upgrade notifications, counted as the dashboard
+/// counts them, on top of a case's presets.
+#[derive(Default)]
+pub struct MemoryCampaigns {
+    index: Mutex<CampaignIndex>,
+    presets: HashMap<CampaignKey, Counts>,
+}
+
+impl MemoryCampaigns {
+    fn preset(presets: &StatePresets) -> Result<MemoryCampaigns, String> {
+        let parse = |(name, counts): (&String, &Counts)| {
+            let parsed = name.split_once('/').and_then(|(kind, version)| {
+                Some(CampaignKey {
+                    kind: Kind::parse(kind)?,
+                    target_version: version.to_owned(),
+                })
+            });
+            parsed.map(|key| (key, counts.clone())).ok_or_else(|| {
+                format!("state.campaigns: {name:?} is not KIND/VERSION, e.g. \"software/1.5\"")
+            })
+        };
+        Ok(MemoryCampaigns {
+            index: Mutex::default(),
+            presets: presets
+                .campaigns
+                .iter()
+                .map(parse)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn count(&self, body: &[u8], now: Millis) {
+        let notify_type = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|body| Some(body.get("notifyType")?.as_str()?.to_owned()));
+        let upgrade = notify_type.and_then(|kind| Upgrade::parse(&kind, body, now));
+        if let Some(upgrade) = upgrade {
+            lock(&self.index).apply(upgrade);
+        }
+    }
+}
+
+impl Campaigns for MemoryCampaigns {
+    fn report(&self, result: &Upgrade, _event_id: &str) -> Result<Option<Report>, StateError> {
+        // Each event is counted before its run.
+        let Some(key) = result.campaign() else {
+            return Ok(None);
+        };
+        let counted = lock(&self.index).report(&key);
+        Ok(match (counted, self.presets.get(&key)) {
+            (Some(report), Some(extra)) => Some(report.with_extra(extra)),
+            (None, Some(extra)) => Some(Report::empty(&key).with_extra(extra)),
+            (counted, None) => counted,
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A dry-run session: one plugin set, one in-memory state, any number of events.
 pub struct DryRun {
     set: Arc<PluginSet>,
     state: Arc<MemoryState>,
+    campaigns: Arc<MemoryCampaigns>,
     next: usize,
 }
 
 impl DryRun {
     pub fn new(set: Arc<PluginSet>) -> DryRun {
-        DryRun {
+        DryRun::preset(set, &StatePresets::default()).expect("no presets cannot be wrong")
+    }
+
+    /// A session that starts from a case's `state`.
+    pub fn preset(set: Arc<PluginSet>, presets: &StatePresets) -> Result<DryRun, String> {
+        let state = MemoryState::default();
+        state.preset(presets, Millis::now())?;
+        Ok(DryRun {
             set,
-            state: Arc::new(MemoryState::default()),
+            state: Arc::new(state),
+            campaigns: Arc::new(MemoryCampaigns::preset(presets)?),
             next: 0,
-        }
+        })
     }
 
     pub fn state(&self) -> &MemoryState {
@@ -140,12 +243,38 @@ impl DryRun {
     /// Runs the plugins on one notification body (with `meta` overrides) and commits its
     /// state changes in memory.
     pub fn run(&mut self, body: &[u8], meta: Option<&Value>) -> Result<EventRun, String> {
-        self.next += 1;
         let problems = match notification::parse(body) {
             Ok(parsed) => serde_json::to_value(parsed.problems).expect("problems serialise"),
             Err(error) => return Err(error.to_string()),
         };
         let now = Millis::now();
+        self.campaigns.count(body, now);
+        self.run_input(body, problems, "http", meta, now)
+    }
+
+    /// Ends every digest the events so far opened, as if their windows had ended, and runs
+    /// each through its plugin's `on_digest`: what each digest (`plugin/key`) did.
+    pub fn end_digests(&mut self) -> Result<Vec<(String, EventRun)>, String> {
+        let now = Millis::now();
+        let mut runs = Vec::new();
+        for digest in self.state.end_digests() {
+            let event = rules::digest_event(&digest, now).map_err(|error| error.to_string())?;
+            let run =
+                self.run_input(&event.body, Value::Array(Vec::new()), "internal", None, now)?;
+            runs.push((format!("{}/{}", digest.key.plugin, digest.key.key), run));
+        }
+        Ok(runs)
+    }
+
+    fn run_input(
+        &mut self,
+        body: &[u8],
+        problems: Value,
+        source: &str,
+        meta: Option<&Value>,
+        now: Millis,
+    ) -> Result<EventRun, String> {
+        self.next += 1;
         let mut input = EventInput::from_parts(EventParts {
             id: format!("dry-run-{}", self.next),
             received_at: now,
@@ -153,7 +282,7 @@ impl DryRun {
             remote_addr: None,
             body,
             problems,
-            source: "http",
+            source,
         })?;
         if let Some(Value::Object(overrides)) = meta {
             let mut meta = input.meta.cast::<rhai::Map>();
@@ -164,7 +293,10 @@ impl DryRun {
             }
             input.meta = meta.into();
         }
-        let committed: Arc<dyn StateView + Send + Sync> = self.state.clone();
+        let committed = Committed {
+            state: self.state.clone(),
+            campaigns: self.campaigns.clone(),
+        };
         let mut changes = StateChanges::default();
         let run = self
             .set
@@ -193,10 +325,13 @@ pub struct Case {
 impl Case {
     /// Runs the case from an empty state; `Err` says why it failed.
     pub fn check(&self, set: Arc<PluginSet>) -> Result<(), String> {
-        let mut dry_run = DryRun::new(set);
-        dry_run.state().preset(&self.state, Millis::now())?;
+        let mut dry_run = DryRun::preset(set, &self.state)?;
         let body = serde_json::to_vec(&self.event).expect("a JSON value serialises");
-        let run = dry_run.run(&body, self.meta.as_ref())?;
+        let mut run = dry_run.run(&body, self.meta.as_ref())?;
+        for (_, digest) in dry_run.end_digests()? {
+            run.plugins.extend(digest.plugins);
+            run.actions.extend(digest.actions);
+        }
         let errors: Vec<String> = run
             .plugins
             .iter()

@@ -4,10 +4,11 @@
 use rhai::{Dynamic, Map};
 use serde_json::Value;
 
-use super::EventInput;
+use super::{DigestInput, EventInput};
 use crate::model::Millis;
 use crate::notification::COMMAND_STATE_CHANGED;
 use crate::store::StoredEvent;
+use crate::store::rules::DIGEST;
 
 /// The parts of an event that scripts see.
 pub struct EventParts<'a> {
@@ -67,10 +68,32 @@ impl EventInput {
         );
         meta.insert("problems".into(), to_dynamic(&parts.problems)?);
         meta.insert("source".into(), parts.source.into());
+        // Only the store raises digests: a pushed body that claims to be one is a notification.
+        let digest = match parts.source {
+            "internal" => DigestInput::from_body(&object),
+            _ => None,
+        };
         Ok(EventInput {
             id: parts.id.clone(),
             body: Dynamic::from_map(object),
             meta: Dynamic::from(meta),
+            digest,
+        })
+    }
+}
+
+impl DigestInput {
+    /// The digest a [`crate::store::rules::digest_event`] body carries.
+    fn from_body(body: &Map) -> Option<DigestInput> {
+        let field = |name: &str| body.get(name).cloned();
+        if field("notifyType")?.into_string().ok()? != DIGEST {
+            return None;
+        }
+        Some(DigestInput {
+            plugin: field("plugin")?.into_string().ok()?,
+            key: field("key")?,
+            items: field("items").filter(Dynamic::is_array)?,
+            total: field("total")?.as_int().ok()?,
         })
     }
 }

@@ -6,6 +6,8 @@
 //! serves `notirouter test`. Bindings only queue actions: no script ever waits on the network.
 
 mod bindings;
+mod campaigns;
+mod digests;
 pub mod dry_run;
 mod engine;
 mod input;
@@ -21,10 +23,27 @@ use std::time::Duration;
 use rhai::{Dynamic, EvalAltResult, Position};
 use serde::Serialize;
 
+use crate::campaign::{Report, Upgrade};
 use crate::config::{ChannelKind, Config};
+use crate::model::state::{StateError, StateView};
 
+pub use campaigns::StoreCampaigns;
 pub use input::EventParts;
-pub use plugins::{EventInput, EventRun, PluginOutcome, PluginSet, plugin_files};
+pub use plugins::{DigestInput, EventInput, EventRun, PluginOutcome, PluginSet, plugin_files};
+
+/// What a run reads besides its own changes: committed script state, and the campaigns.
+#[derive(Clone)]
+pub struct Committed {
+    pub state: Arc<dyn StateView + Send + Sync>,
+    pub campaigns: Arc<dyn Campaigns>,
+}
+
+/// The campaign counts that `campaign(n)` reads.
+pub trait Campaigns: Send + Sync {
+    /// The campaign of `result`, an upgrade result, counted with it: the event `event_id`,
+    /// being run. `None` when nothing of it is counted.
+    fn report(&self, result: &Upgrade, event_id: &str) -> Result<Option<Report>, StateError>;
+}
 
 /// The limits every run is held to.
 #[derive(Debug, Clone)]

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, Scope};
 
 use super::run::{self, RunContext};
-use super::{Limits, ScriptError, Settings, engine};
+use super::{Committed, Limits, ScriptError, Settings, engine};
 use crate::action::Action;
-use crate::model::state::{StateChanges, StateError, StateView};
+use crate::model::state::{StateChanges, StateError};
 use crate::model::{EventId, EventStatus, Millis};
 use crate::store::{EventOutcome, PluginRecord};
 
@@ -26,6 +26,8 @@ pub struct PluginSet {
     plugins: Vec<Plugin>,
     /// `pluginN::on_notification(n, meta)` for each plugin, compiled once per set.
     drivers: Vec<AST>,
+    /// `pluginN::on_digest(key, items, total, meta)` for each plugin that defines it.
+    digest_drivers: Vec<Option<AST>>,
     settings: Arc<Settings>,
     max_run_time: Duration,
     /// Identifies the contents of `scripts.dir/lib`: a plugin is reused across reloads only
@@ -41,6 +43,15 @@ struct Plugin {
     source: String,
     module: Arc<Module>,
     takes_meta: bool,
+    /// How `on_digest` is called, if the plugin defines it.
+    on_digest: Option<DigestArity>,
+}
+
+/// `on_digest(key, items, total)` or `on_digest(key, items, total, meta)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DigestArity {
+    WithoutMeta,
+    WithMeta,
 }
 
 /// One notification as the scripts see it.
@@ -50,6 +61,27 @@ pub struct EventInput {
     pub body: Dynamic,
     /// `meta`: `#{id, received_at, path, remote_addr, problems, source}`.
     pub meta: Dynamic,
+    /// Set for a digest whose window ended: only its plugin's `on_digest` runs.
+    pub digest: Option<DigestInput>,
+}
+
+/// The arguments of `on_digest(key, items, total)`, and whose it is.
+#[derive(Debug, Clone)]
+pub struct DigestInput {
+    pub plugin: String,
+    pub key: Dynamic,
+    /// An array of the first items.
+    pub items: Dynamic,
+    pub total: i64,
+}
+
+/// One run of a plugin set on one event, as it goes.
+struct Pass<'a> {
+    event: &'a EventInput,
+    committed: &'a Committed,
+    changes: &'a mut StateChanges,
+    now: Millis,
+    result: EventRun,
 }
 
 /// What one plugin did with one event.
@@ -181,15 +213,34 @@ impl PluginSet {
         for (index, plugin) in plugins.iter().enumerate() {
             engine.register_static_module(module_name(index), plugin.module.clone());
         }
+        let driver = |call: String| {
+            engine
+                .compile(call)
+                .expect("a driver is one call of a registered module's function")
+        };
         let drivers = plugins
             .iter()
             .enumerate()
             .map(|(index, plugin)| {
                 let arguments = if plugin.takes_meta { "n, meta" } else { "n" };
-                let call = format!("{}::on_notification({arguments})", module_name(index));
-                engine
-                    .compile(call)
-                    .expect("a driver is one call of a registered module's function")
+                driver(format!(
+                    "{}::on_notification({arguments})",
+                    module_name(index)
+                ))
+            })
+            .collect();
+        let digest_drivers = plugins
+            .iter()
+            .enumerate()
+            .map(|(index, plugin)| {
+                let arguments = match plugin.on_digest? {
+                    DigestArity::WithoutMeta => "key, items, total",
+                    DigestArity::WithMeta => "key, items, total, meta",
+                };
+                Some(driver(format!(
+                    "{}::on_digest({arguments})",
+                    module_name(index)
+                )))
             })
             .collect();
         let max_run_time = limits.max_run_time;
@@ -197,6 +248,7 @@ impl PluginSet {
             engine,
             plugins,
             drivers,
+            digest_drivers,
             settings,
             max_run_time,
             lib_fingerprint,
@@ -220,57 +272,105 @@ impl PluginSet {
         self.plugins.iter().find(|plugin| plugin.name == name)
     }
 
-    /// Runs every plugin on `event`. State changes go to `changes` (a failed plugin's are
-    /// rolled back); the actions of failed plugins are discarded. `Err` means committed state
-    /// could not be read: nothing of the run may be kept, and the event is retried.
+    /// Runs every plugin on `event` (or, for a digest, its plugin's `on_digest`). State
+    /// changes go to `changes` (a failed plugin's are rolled back); the actions of failed
+    /// plugins are discarded. `Err` means committed state could not be read: nothing of the
+    /// run may be kept, and the event is retried.
     pub fn run(
         &self,
         event: &EventInput,
-        committed: &Arc<dyn StateView + Send + Sync>,
+        committed: &Committed,
         changes: &mut StateChanges,
         now: Millis,
     ) -> Result<EventRun, StateError> {
-        let mut result = EventRun::default();
-        for (index, plugin) in self.plugins.iter().enumerate() {
-            let checkpoint = changes.checkpoint();
-            let started = Instant::now();
-            let context = RunContext {
-                plugin: plugin.name.clone(),
-                event_id: event.id.clone(),
-                now,
-                deadline: started + self.max_run_time,
-                committed: Arc::clone(committed),
-                changes: std::mem::take(changes),
-                actions: Vec::new(),
-                settings: Arc::clone(&self.settings),
-                state_failure: None,
-            };
-            let (evaluated, context) = run::with_context(context, || self.call(index, event));
-            *changes = context.changes;
-            if let Some(failure) = context.state_failure {
-                changes.rollback(checkpoint);
-                return Err(failure);
-            }
-            let error = evaluated.err().map(|error| {
-                ScriptError::from_eval(&plugin.label, &error, false, self.max_run_time)
-            });
-            let actions = if error.is_some() {
-                changes.rollback(checkpoint);
-                0
-            } else {
-                let count = context.actions.len();
-                result.actions.extend(context.actions);
-                count
-            };
-            let duration = started.elapsed();
-            result.plugins.push(PluginOutcome {
-                plugin: plugin.name.clone(),
-                error,
-                actions,
-                duration,
-            });
+        let mut pass = Pass {
+            event,
+            committed,
+            changes,
+            now,
+            result: EventRun::default(),
+        };
+        if let Some(digest) = &event.digest {
+            self.run_digest(&mut pass, digest)?;
+            return Ok(pass.result);
         }
-        Ok(result)
+        for index in 0..self.plugins.len() {
+            self.run_one(&mut pass, index, |set| set.call(index, event))?;
+        }
+        Ok(pass.result)
+    }
+
+    /// Runs the `on_digest` of the digest's plugin; a plugin gone since, or without
+    /// `on_digest`, is that plugin's error.
+    fn run_digest(&self, pass: &mut Pass<'_>, digest: &DigestInput) -> Result<(), StateError> {
+        let found = self.plugins.iter().position(|p| p.name == digest.plugin);
+        match found.filter(|index| self.digest_drivers[*index].is_some()) {
+            Some(index) => {
+                let event = pass.event;
+                self.run_one(pass, index, |set| set.call_digest(index, digest, event))
+            }
+            None => {
+                let message = format!(
+                    "digest {} ended, but the plugin is gone or defines no on_digest(key, items, total); its {} item(s) are dropped",
+                    digest.key, digest.total
+                );
+                pass.result.plugins.push(PluginOutcome {
+                    plugin: digest.plugin.clone(),
+                    error: Some(ScriptError::file(&digest.plugin, message)),
+                    actions: 0,
+                    duration: Duration::ZERO,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs plugin `index` through `call`, in a run context of its own.
+    fn run_one(
+        &self,
+        pass: &mut Pass<'_>,
+        index: usize,
+        call: impl FnOnce(&Self) -> Result<Dynamic, Box<EvalAltResult>>,
+    ) -> Result<(), StateError> {
+        let (event, changes) = (pass.event, &mut *pass.changes);
+        let plugin = &self.plugins[index];
+        let checkpoint = changes.checkpoint();
+        let started = Instant::now();
+        let context = RunContext {
+            plugin: plugin.name.clone(),
+            event_id: event.id.clone(),
+            now: pass.now,
+            deadline: started + self.max_run_time,
+            committed: pass.committed.clone(),
+            changes: std::mem::take(changes),
+            actions: Vec::new(),
+            settings: Arc::clone(&self.settings),
+            state_failure: None,
+        };
+        let (evaluated, context) = run::with_context(context, || call(self));
+        *changes = context.changes;
+        if let Some(failure) = context.state_failure {
+            changes.rollback(checkpoint);
+            return Err(failure);
+        }
+        let error = evaluated
+            .err()
+            .map(|error| ScriptError::from_eval(&plugin.label, &error, false, self.max_run_time));
+        let actions = if error.is_some() {
+            changes.rollback(checkpoint);
+            0
+        } else {
+            let count = context.actions.len();
+            pass.result.actions.extend(context.actions);
+            count
+        };
+        pass.result.plugins.push(PluginOutcome {
+            plugin: plugin.name.clone(),
+            error,
+            actions,
+            duration: started.elapsed(),
+        });
+        Ok(())
     }
 
     /// Calls a plugin's `on_notification` with a fresh scope; `n` is a copy, so one plugin's
@@ -282,10 +382,35 @@ impl PluginSet {
         self.engine
             .eval_ast_with_scope(&mut scope, &self.drivers[index])
     }
+
+    fn call_digest(
+        &self,
+        index: usize,
+        digest: &DigestInput,
+        event: &EventInput,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        let driver = self.digest_drivers[index]
+            .as_ref()
+            .expect("run_digest calls only plugins with an on_digest driver");
+        let mut scope = Scope::new();
+        scope.push("key", digest.key.clone());
+        scope.push("items", digest.items.clone());
+        scope.push("total", digest.total);
+        scope.push("meta", event.meta.clone());
+        self.engine.eval_ast_with_scope(&mut scope, driver)
+    }
 }
 
 fn module_name(index: usize) -> String {
     format!("plugin{index}")
+}
+
+/// How many parameters each function named `name` takes.
+fn arities(ast: &AST, name: &str) -> Vec<usize> {
+    ast.iter_functions()
+        .filter(|function| function.name == name)
+        .map(|function| function.params.len())
+        .collect()
 }
 
 /// Compiles a plugin and runs its top level once. Errors are located by `label`, the file's
@@ -300,18 +425,24 @@ fn compile(
         .compile(&source)
         .map_err(|error| ScriptError::from_parse(label, &error))?;
     ast.set_source(label);
-    let arities: Vec<usize> = ast
-        .iter_functions()
-        .filter(|function| function.name == "on_notification")
-        .map(|function| function.params.len())
-        .collect();
-    let takes_meta = match arities.as_slice() {
+    let takes_meta = match arities(&ast, "on_notification").as_slice() {
         [1] => false,
         [2] | [1, 2] | [2, 1] => true,
         _ => {
             return Err(ScriptError::file(
                 label,
                 "defines no on_notification(n) or on_notification(n, meta); a plugin must define one".into(),
+            ));
+        }
+    };
+    let on_digest = match arities(&ast, "on_digest").as_slice() {
+        [] => None,
+        [3] => Some(DigestArity::WithoutMeta),
+        [4] | [3, 4] | [4, 3] => Some(DigestArity::WithMeta),
+        _ => {
+            return Err(ScriptError::file(
+                label,
+                "on_digest must take (key, items, total) or (key, items, total, meta)".into(),
             ));
         }
     };
@@ -323,6 +454,7 @@ fn compile(
         source,
         module: module.into(),
         takes_meta,
+        on_digest,
     })
 }
 

@@ -11,16 +11,16 @@ use std::time::Instant;
 
 use crate::action::Action;
 use crate::model::Millis;
-use crate::model::state::{Effective, StateChanges, StateError, StateView};
+use crate::model::state::{Effective, StateChanges, StateError};
 
-use super::Settings;
+use super::{Committed, Settings};
 
 pub(crate) struct RunContext {
     pub plugin: String,
     pub event_id: String,
     pub now: Millis,
     pub deadline: Instant,
-    pub committed: Arc<dyn StateView + Send + Sync>,
+    pub committed: Committed,
     pub changes: StateChanges,
     pub actions: Vec<Action>,
     pub settings: Arc<Settings>,
@@ -36,7 +36,7 @@ impl RunContext {
         act: impl FnOnce(&mut Effective<'_>) -> Result<T, StateError>,
     ) -> Result<T, String> {
         let mut state = Effective {
-            committed: &*self.committed,
+            committed: &*self.committed.state,
             changes: &mut self.changes,
             now: self.now,
         };

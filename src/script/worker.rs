@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{EventInput, PluginSet, Scripts};
+use super::digests::DigestTimer;
+use super::{Committed, EventInput, PluginSet, Scripts};
 use crate::destination::Destination;
 use crate::metrics::Metrics;
-use crate::model::state::{StateChanges, StateView};
+use crate::model::state::StateChanges;
 use crate::model::{EventStatus, Millis};
 use crate::store::{
     Claimer, EventOutcome, Intake, IntakeError, Store, StoreError, StoredEvent, Wakeup,
@@ -39,6 +40,7 @@ pub struct Workers {
 struct Worker {
     claimer: Claimer,
     store: Arc<dyn Store>,
+    committed: Committed,
     intake: Intake,
     scripts: Scripts,
     metrics: Arc<Metrics>,
@@ -47,8 +49,10 @@ struct Worker {
 }
 
 impl Workers {
+    /// Starts `count` workers, and the timer that fires ended digests.
     pub fn start(
         count: usize,
+        committed: Committed,
         store: Arc<dyn Store>,
         intake: Intake,
         scripts: Scripts,
@@ -56,12 +60,21 @@ impl Workers {
         wakeup: Arc<Wakeup>,
     ) -> std::io::Result<Workers> {
         let stopping = Arc::new(AtomicBool::new(false));
+        let timer = DigestTimer {
+            store: Arc::clone(&store),
+            stopping: Arc::clone(&stopping),
+            wakeup: Arc::clone(&wakeup),
+        };
+        let timer = std::thread::Builder::new()
+            .name("digest-timer".to_owned())
+            .spawn(move || timer.run())?;
         let threads = (0..count)
             .map(|index| {
                 let name = format!("script-{index}");
                 let worker = Worker {
                     claimer: Claimer::of_this_process(&name),
                     store: Arc::clone(&store),
+                    committed: committed.clone(),
                     intake: intake.clone(),
                     scripts: scripts.clone(),
                     metrics: Arc::clone(&metrics),
@@ -72,6 +85,7 @@ impl Workers {
                     .name(name)
                     .spawn(move || worker.run())
             })
+            .chain(std::iter::once(Ok(timer)))
             .collect::<std::io::Result<_>>()?;
         Ok(Workers {
             threads,
@@ -111,11 +125,10 @@ impl Worker {
     /// claimed by this worker, which takes them again at its next claim.
     fn process(&self, events: Vec<StoredEvent>) {
         let set = self.scripts.current();
-        let committed: Arc<dyn StateView + Send + Sync> = self.store.clone();
         let mut changes = StateChanges::default();
         let mut outcomes = Vec::new();
         for event in &events {
-            match self.run_event(&set, event, &committed, &mut changes) {
+            match self.run_event(&set, event, &mut changes) {
                 Some(outcome) => outcomes.push(EventOutcome {
                     claimed_by: Some(self.claimer.clone()),
                     ..outcome
@@ -160,14 +173,13 @@ impl Worker {
         &self,
         set: &PluginSet,
         event: &StoredEvent,
-        committed: &Arc<dyn StateView + Send + Sync>,
         changes: &mut StateChanges,
     ) -> Option<EventOutcome> {
         let input = match EventInput::from_stored(event) {
             Ok(input) => input,
             Err(error) => return Some(EventOutcome::unreadable(event, error)),
         };
-        match set.run(&input, committed, changes, Millis::now()) {
+        match set.run(&input, &self.committed, changes, Millis::now()) {
             Ok(run) => {
                 changes.settle();
                 for outcome in &run.plugins {

@@ -1,5 +1,5 @@
 //! The read side behind the dashboard's campaign view: upgrade notifications and platform
-//! actions in the order they were stored, so that the counting in [`crate::ui::campaign`] can
+//! actions in the order they were stored, so that the counting in [`crate::campaign`] can
 //! catch up from where it left off with one indexed range query.
 
 use crate::model::Millis;

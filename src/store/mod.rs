@@ -558,6 +558,19 @@ pub trait Store: StateView + Send + Sync + 'static {
         now: Millis,
     ) -> Result<Millis, StoreError>;
 
+    /// Turns up to `limit` digests whose window ended by `now` (earliest end first) into
+    /// internal events ([`rules::digest_event`]) and deletes them, in one durable
+    /// transaction: each ended digest becomes exactly one event, whichever claimer fires it
+    /// and however often. Returns how many it fired. Digests are opened and filled by
+    /// [`StateChanges::digests`], applied by [`Store::record_outcomes`] to the digest open
+    /// when it commits (adding at most [`crate::model::state::DIGEST_ITEMS`] items in all,
+    /// counting every one in its total), or opening one that ends at the addition's
+    /// [`ends_at`](crate::model::state::DigestAddition::ends_at).
+    fn fire_ended_digests(&self, now: Millis, limit: usize) -> Result<usize, StoreError>;
+
+    /// When the earliest open digest ends (cheap: one indexed read).
+    fn next_digest_end(&self) -> Result<Option<Millis>, StoreError>;
+
     /// The reads behind the dashboard's campaigns, for a backend that has them.
     fn campaign_view(&self) -> Option<&dyn campaigns::CampaignView> {
         None

@@ -1,10 +1,11 @@
 //! What happens when an action ends or is queued again, the same on every backend: a backend
 //! reads the rows, asks these rules, and writes what they say. No rule lives in SQL.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::Attempt;
+use super::{Attempt, StoreError};
 use crate::action::{Action, ActionSpec};
+use crate::model::state::DigestKey;
 use crate::model::{EventId, Millis};
 use crate::notification::canonical_hash;
 
@@ -47,6 +48,49 @@ pub fn action_failed(
     Some(InternalEvent {
         received_at: now,
         notify_type: "actionFailed",
+        body: serde_json::to_vec(&body).expect("a JSON value serialises"),
+        hash: canonical_hash(&body),
+    })
+}
+
+/// A digest whose window ended, as the store read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedDigest {
+    pub key: DigestKey,
+    pub opened_at: Millis,
+    /// The first items, each as JSON text, in the order added.
+    pub items: Vec<String>,
+    pub total: i64,
+}
+
+/// The notification type of the internal event that runs a plugin's `on_digest`.
+pub const DIGEST: &str = "digest";
+
+/// The internal event that runs the digest's plugin's `on_digest`:
+/// `{"notifyType":"digest","plugin","key","items":[...],"total","openedAt"}`.
+pub fn digest_event(digest: &EndedDigest, now: Millis) -> Result<InternalEvent, StoreError> {
+    let items = digest
+        .items
+        .iter()
+        .map(|item| serde_json::from_str(item))
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|error| {
+            StoreError::Damaged(format!(
+                "digest {:?} of {} has an item that is not JSON: {error}",
+                digest.key.key, digest.key.plugin
+            ))
+        })?;
+    let body = json!({
+        "notifyType": DIGEST,
+        "plugin": digest.key.plugin,
+        "key": digest.key.key,
+        "items": items,
+        "total": digest.total,
+        "openedAt": digest.opened_at.to_rfc3339(),
+    });
+    Ok(InternalEvent {
+        received_at: now,
+        notify_type: DIGEST,
         body: serde_json::to_vec(&body).expect("a JSON value serialises"),
         hash: canonical_hash(&body),
     })

@@ -8,8 +8,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::campaign::{CampaignKey, Kind};
 use super::{Dashboard, UiError};
+use crate::campaign::{CampaignKey, Kind};
 use crate::model::{EventId, EventStatus};
 use crate::store::{ActionStatus, EventFilter, EventSummary};
 

@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use actix_web::http::header::{self, HeaderValue};
 use maud::{DOCTYPE, Markup, html};
 
-use super::campaign::Counts;
+use crate::campaign::Counts;
 use crate::model::Millis;
 
 /// Pages reload themselves this often unless paused (`?refresh=off`).

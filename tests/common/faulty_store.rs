@@ -212,6 +212,15 @@ impl Store for FaultyStore {
         self.inner.record_deliveries(updates, now)
     }
 
+    fn fire_ended_digests(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.fail_if_full()?;
+        self.inner.fire_ended_digests(now, limit)
+    }
+
+    fn next_digest_end(&self) -> Result<Option<Millis>, StoreError> {
+        self.inner.next_digest_end()
+    }
+
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.inner.dead_letters()
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use notirouter::action::{Action, ActionSpec, Chat};
 use notirouter::destination::Destination;
-use notirouter::model::state::{Effective, StateChanges, StateView};
+use notirouter::model::state::{DIGEST_ITEMS, DigestKey, Effective, StateChanges, StateView};
 use notirouter::model::{EventId, EventStatus, Millis};
 use notirouter::notification::canonical_hash;
 use notirouter::store::{
@@ -607,4 +607,172 @@ pub fn a_call_reserved_after_a_quiet_window_goes_now(backend: Backend) {
     for _ in 0..100 {
         assert_eq!(store.reserve_platform_call(APP, unlimited, T0).unwrap(), T0);
     }
+}
+
+const DIGEST_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn digest_key(key: &str) -> DigestKey {
+    DigestKey {
+        plugin: "p.rhai".to_owned(),
+        key: key.to_owned(),
+    }
+}
+
+/// A batch's additions of `items` (JSON values) to digest `key`, as a run at `at` makes them.
+fn digest_changes(
+    key: &str,
+    items: impl IntoIterator<Item = serde_json::Value>,
+    at: Millis,
+) -> StateChanges {
+    let mut changes = StateChanges::default();
+    for item in items {
+        changes.add_to_digest(digest_key(key), DIGEST_WINDOW, item.to_string(), at);
+    }
+    changes
+}
+
+/// Appends one event and commits its outcome with `changes`, as a script worker would.
+fn commit_with(store: &dyn Store, device: &str, changes: &StateChanges, now: Millis) {
+    append(store, &[notification(device, 1)]);
+    let by = Claimer::named("scripts");
+    let claimed = store.claim_events(&by, 1, now).unwrap();
+    assert_eq!(claimed.len(), 1);
+    store
+        .record_outcomes(&[handled(&claimed[0], &by, Vec::new())], changes, now)
+        .unwrap();
+}
+
+/// The bodies of the pending digest events, claimed at `now` and recorded as handled.
+fn digest_events(store: &dyn Store, now: Millis) -> Vec<serde_json::Value> {
+    let by = Claimer::named("digests");
+    let claimed = store.claim_events(&by, 100, now).unwrap();
+    let outcomes: Vec<EventOutcome> = claimed
+        .iter()
+        .map(|event| handled(event, &by, Vec::new()))
+        .collect();
+    store
+        .record_outcomes(&outcomes, &StateChanges::default(), now)
+        .unwrap();
+    claimed
+        .into_iter()
+        .map(|event| {
+            assert_eq!(event.notify_type.as_deref(), Some("digest"));
+            assert_eq!(event.source, "internal");
+            serde_json::from_slice(&event.body).unwrap()
+        })
+        .collect()
+}
+
+pub fn a_digest_fires_once_when_its_window_ends_with_its_items_in_order(backend: Backend) {
+    let store = backend.store;
+    commit_with(
+        &*store,
+        "a",
+        &digest_changes("k", [json!("x1"), json!({"n": 2})], T0),
+        T0,
+    );
+    // Added while it is open: the window of the later addition does not count.
+    let later_add = digest_changes("k", [json!("x3")], later(10_000));
+    commit_with(&*store, "b", &later_add, later(10_000));
+    let end = later(60_000);
+    assert_eq!(store.next_digest_end().unwrap(), Some(end));
+    assert_eq!(store.fire_ended_digests(later(59_999), 10).unwrap(), 0);
+    assert!(digest_events(&*store, later(59_999)).is_empty());
+    assert_eq!(store.fire_ended_digests(end, 10).unwrap(), 1);
+    assert_eq!(
+        store.fire_ended_digests(later(120_000), 10).unwrap(),
+        0,
+        "fired once"
+    );
+    assert_eq!(store.next_digest_end().unwrap(), None);
+    let fired = digest_events(&*store, end);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    let body = &fired[0];
+    assert_eq!(
+        (&body["plugin"], &body["key"]),
+        (&json!("p.rhai"), &json!("k"))
+    );
+    assert_eq!(body["items"], json!(["x1", {"n": 2}, "x3"]));
+    assert_eq!(body["total"], 3);
+}
+
+pub fn a_digest_keeps_its_first_items_and_counts_every_one(backend: Backend) {
+    let store = backend.store;
+    for batch in 0..3 {
+        let items = (batch * 400..(batch + 1) * 400).map(|n| json!(n));
+        commit_with(
+            &*store,
+            &format!("dev-{batch}"),
+            &digest_changes("k", items, T0),
+            T0,
+        );
+    }
+    assert_eq!(store.fire_ended_digests(later(60_000), 10).unwrap(), 1);
+    let fired = digest_events(&*store, later(60_000));
+    let items: Vec<i64> = fired[0]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item.as_i64().unwrap())
+        .collect();
+    assert_eq!(items, (0..DIGEST_ITEMS as i64).collect::<Vec<_>>());
+    assert_eq!(fired[0]["total"], 1_200);
+}
+
+pub fn a_refused_batch_adds_nothing_to_a_digest(backend: Backend) {
+    let store = backend.store;
+    append(&*store, &[notification("a", 1)]);
+    let claimed = store.claim_events(&Claimer::named("a"), 1, T0).unwrap();
+    let stranger = handled(&claimed[0], &Claimer::named("not-the-claimer"), Vec::new());
+    let changes = digest_changes("k", [json!("lost")], T0);
+    assert!(store.record_outcomes(&[stranger], &changes, T0).is_err());
+    assert_eq!(store.next_digest_end().unwrap(), None);
+    assert_eq!(store.fire_ended_digests(later(600_000), 10).unwrap(), 0);
+}
+
+pub fn two_firing_at_once_make_one_event_per_digest(backend: Backend) {
+    let store = backend.store;
+    for round in 0..10 {
+        let at = later(round * 100_000);
+        let key = format!("k{round}");
+        commit_with(
+            &*store,
+            &format!("dev-{round}"),
+            &digest_changes(&key, [json!(round)], at),
+            at,
+        );
+        let end = Millis(at.0 + 60_000);
+        let barrier = Arc::new(Barrier::new(2));
+        let firing: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    store.fire_ended_digests(end, 10).unwrap()
+                })
+            })
+            .collect();
+        let fired: usize = firing
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .sum();
+        assert_eq!(fired, 1, "round {round}");
+        assert_eq!(digest_events(&*store, end).len(), 1, "round {round}");
+    }
+}
+
+pub fn an_addition_after_a_digest_fired_opens_a_new_one(backend: Backend) {
+    let store = backend.store;
+    commit_with(&*store, "a", &digest_changes("k", [json!(1)], T0), T0);
+    assert_eq!(store.fire_ended_digests(later(60_000), 10).unwrap(), 1);
+    let first = digest_events(&*store, later(60_000));
+    let at = later(61_000);
+    commit_with(&*store, "b", &digest_changes("k", [json!(2)], at), at);
+    assert_eq!(store.next_digest_end().unwrap(), Some(later(121_000)));
+    assert_eq!(store.fire_ended_digests(later(121_000), 10).unwrap(), 1);
+    let second = digest_events(&*store, later(121_000));
+    assert_eq!(
+        (&first[0]["items"], &second[0]["items"]),
+        (&json!([1]), &json!([2]))
+    );
 }

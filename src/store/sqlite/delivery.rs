@@ -310,7 +310,10 @@ fn give_budget_back(
 }
 
 /// Stores an event the store raised itself.
-fn insert_internal(transaction: &Transaction<'_>, event: &InternalEvent) -> Result<(), StoreError> {
+pub(super) fn insert_internal(
+    transaction: &Transaction<'_>,
+    event: &InternalEvent,
+) -> Result<(), StoreError> {
     let seq = next_seq(transaction)?;
     transaction
         .execute(

@@ -24,7 +24,8 @@ impl SqliteStore {
                 insert_action(transaction, self.next_id(), outcome, action, now)?;
             }
         }
-        apply_state_changes(transaction, batch.changes, now)
+        apply_state_changes(transaction, batch.changes, now)?;
+        super::digests::add_items(transaction, batch.changes)
     }
 }
 

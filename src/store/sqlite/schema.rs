@@ -132,6 +132,25 @@ const MIGRATIONS: &[&str] = &[
         start_at INTEGER NOT NULL
     );
     CREATE INDEX platform_calls_by_app ON platform_calls (app, start_at);",
+    // 8: digests, each a plugin's key: open until `ends_at` (indexed, so the timer reads the
+    // earliest end without looking at every digest), with its first items in their own rows
+    // (adding one is an insert, not a rewrite of the ones before).
+    "CREATE TABLE digests (
+        plugin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        opened_at INTEGER NOT NULL,
+        ends_at INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        PRIMARY KEY (plugin, key)
+    );
+    CREATE INDEX digests_by_end ON digests (ends_at);
+    CREATE TABLE digest_items (
+        plugin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        item TEXT NOT NULL,
+        PRIMARY KEY (plugin, key, position)
+    );",
 ];
 
 /// Brings the schema up to date.

@@ -7,9 +7,9 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{RefreshQuery, Shared, chart};
+use crate::campaign::{CampaignKey, Detail, DeviceFilter, DeviceRecord, DeviceStatus, Retry};
 use crate::store::ActionStatus;
 use crate::ui::api::{blocking, campaign_key, no_campaign};
-use crate::ui::campaign::{CampaignKey, Detail, DeviceFilter, DeviceRecord, DeviceStatus, Retry};
 use crate::ui::html::{Page, Refresh, device_link, encode, percent, stacked_bar, time};
 use crate::ui::{Dashboard, UiError};
 
@@ -147,7 +147,7 @@ async fn campaign(
         retries,
         retry_status,
     } = view;
-    let summary = &detail.summary;
+    let summary = &detail.report.summary;
     let counts = &summary.counts;
     Ok(page.render(html! {
         section aria-labelledby="counts" {
@@ -187,13 +187,13 @@ async fn campaign(
         }
         section aria-labelledby="error-codes" {
             h2 #error-codes { "Top error codes" }
-            @if detail.error_codes.is_empty() {
+            @if detail.report.error_codes.is_empty() {
                 p.empty { "No device's latest result is a failure." }
             } @else {
                 table {
                     thead { tr { th { "Error code" } th.number { "Devices" } } }
                     tbody {
-                        @for error in &detail.error_codes {
+                        @for error in &detail.report.error_codes {
                             tr {
                                 td { a href={ (base) "?code=" (encode(&error.code)) } data-code=(error.code) { (error.code) } }
                                 td.number { (error.devices) }
@@ -233,7 +233,7 @@ async fn campaign(
         }
         section aria-labelledby="tasks" {
             h2 #tasks { "Platform tasks" }
-            ul { @for operation in &detail.operations { li { code { (operation) } } } }
+            ul { @for operation in &detail.report.operations { li { code { (operation) } } } }
         }
         section aria-labelledby="devices" {
             h2 #devices {

@@ -3,7 +3,7 @@
 
 use maud::{Markup, html};
 
-use crate::ui::campaign::TimelinePoint;
+use crate::campaign::TimelinePoint;
 
 const WIDTH: f64 = 600.0;
 const HEIGHT: f64 = 200.0;

@@ -10,11 +10,11 @@ use maud::html;
 use serde::Deserialize;
 
 use super::api::{self, EventQuery, blocking};
-use super::campaign::Summary;
 use super::html::{
     self, Page, Refresh, device_link, encode, percent, stacked_bar, time, time_text,
 };
 use super::{Dashboard, UiError};
+use crate::campaign::Summary;
 
 type Shared = web::Data<Dashboard>;
 

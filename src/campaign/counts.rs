@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::upgrade::{CampaignKey, DeviceStatus, Kind};
 use crate::model::Millis;
@@ -37,7 +37,8 @@ impl DeviceRecord {
 }
 
 /// The counts of one campaign (SPEC.md's JSON keys).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Counts {
     pub devices: u64,
     pub succeeded: u64,
@@ -51,6 +52,18 @@ impl Counts {
     /// failed / (succeeded + failed); 0 when neither.
     pub fn fail_rate(&self) -> f64 {
         rate(self.failed, self.succeeded)
+    }
+
+    /// These counts and `other`'s together.
+    pub fn plus(&self, other: &Counts) -> Counts {
+        Counts {
+            devices: self.devices + other.devices,
+            succeeded: self.succeeded + other.succeeded,
+            failed: self.failed + other.failed,
+            in_progress: self.in_progress + other.in_progress,
+            recovered: self.recovered + other.recovered,
+            retries: self.retries + other.retries,
+        }
     }
 
     fn add(&mut self, record: &DeviceRecord, sign: i64) {
@@ -93,6 +106,29 @@ pub struct ErrorCount {
     pub devices: u64,
 }
 
+/// One campaign as the scripts' `campaign(n)` reads it: [`Detail`] without its timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub error_codes: Vec<ErrorCount>,
+    pub operations: Vec<String>,
+}
+
+impl Report {
+    /// A campaign with nothing counted yet.
+    pub fn empty(key: &CampaignKey) -> Report {
+        Campaign::default().report(key)
+    }
+
+    /// The report with `extra` added to its counts (a dry run's presets).
+    pub fn with_extra(mut self, extra: &Counts) -> Report {
+        self.summary.counts = self.summary.counts.plus(extra);
+        self.summary.fail_rate = self.summary.counts.fail_rate();
+        self
+    }
+}
+
 /// Results received in one interval of a campaign's timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TimelinePoint {
@@ -111,9 +147,7 @@ impl TimelinePoint {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detail {
     #[serde(flatten)]
-    pub summary: Summary,
-    pub error_codes: Vec<ErrorCount>,
-    pub operations: Vec<String>,
+    pub report: Report,
     pub timeline: Vec<TimelinePoint>,
 }
 
@@ -135,6 +169,35 @@ impl Campaign {
     pub(super) fn touch(&mut self, at: Millis) {
         self.first_at = Some(self.first_at.map_or(at, |first| first.min(at)));
         self.last_at = Some(self.last_at.map_or(at, |last| last.max(at)));
+    }
+
+    /// Counts a device's result: its latest, and whether it ever failed.
+    pub(super) fn count_result(
+        &mut self,
+        device_id: &str,
+        operation_id: String,
+        succeeded: bool,
+        error_code: String,
+        at: Millis,
+    ) {
+        self.touch(at);
+        self.results.push((at, succeeded));
+        let ever_failed = !succeeded
+            || self
+                .devices
+                .get(device_id)
+                .is_some_and(|record| record.ever_failed);
+        let record = DeviceRecord {
+            status: match succeeded {
+                true => DeviceStatus::Succeeded,
+                false => DeviceStatus::Failed,
+            },
+            ever_failed,
+            error_code: (!succeeded).then_some(error_code),
+            operation_id,
+            last_at: at,
+        };
+        self.set_device(device_id, record);
     }
 
     /// Replaces a device's record, keeping the counts and error codes in step.
@@ -165,6 +228,14 @@ impl Campaign {
             fail_rate: self.counts.fail_rate(),
             first_at: self.first_at.unwrap_or(Millis(0)),
             last_at: self.last_at.unwrap_or(Millis(0)),
+        }
+    }
+
+    pub(super) fn report(&self, key: &CampaignKey) -> Report {
+        Report {
+            summary: self.summary(key),
+            error_codes: self.error_counts(),
+            operations: self.operations.iter().cloned().collect(),
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! [`CampaignIndex`] folds upgrade notifications and platform actions in, one at a time, and
 //! keeps every count up to date as it goes, so that reading a campaign costs a lookup and not
-//! a scan. It is pure: [`super::catch_up`] feeds it from the store.
+//! a scan. It is pure: [`Counter`] feeds it from the store, for the dashboard and the
+//! scripts alike.
 
 use std::collections::HashMap;
 
@@ -12,9 +13,11 @@ use crate::action::{Action, ActionSpec};
 use crate::model::Millis;
 use crate::store::ActionStatus;
 
+mod counter;
 mod counts;
 mod upgrade;
 
+pub use counter::Counter;
 pub use counts::*;
 pub use upgrade::*;
 
@@ -48,24 +51,7 @@ impl CampaignIndex {
                 };
                 self.learn_operation(&operation_id, &key);
                 let campaign = self.campaigns.entry(key).or_default();
-                campaign.touch(at);
-                campaign.results.push((at, succeeded));
-                let ever_failed = !succeeded
-                    || campaign
-                        .devices
-                        .get(&device_id)
-                        .is_some_and(|record| record.ever_failed);
-                let record = DeviceRecord {
-                    status: match succeeded {
-                        true => DeviceStatus::Succeeded,
-                        false => DeviceStatus::Failed,
-                    },
-                    ever_failed,
-                    error_code: (!succeeded).then_some(error_code),
-                    operation_id,
-                    last_at: at,
-                };
-                campaign.set_device(&device_id, record);
+                campaign.count_result(&device_id, operation_id, succeeded, error_code, at);
             }
             Upgrade::StateChange {
                 device_id,
@@ -202,12 +188,16 @@ impl CampaignIndex {
         ))
     }
 
+    /// One campaign as `campaign(n)` reads it (cheap: no scan).
+    pub fn report(&self, key: &CampaignKey) -> Option<Report> {
+        let campaign = self.campaigns.get(key)?;
+        campaign.last_at?;
+        Some(campaign.report(key))
+    }
+
     pub fn detail(&self, key: &CampaignKey) -> Option<Detail> {
-        let (summary, error_codes, operations) = self.summary(key)?;
         Some(Detail {
-            summary,
-            error_codes,
-            operations,
+            report: self.report(key)?,
             timeline: self.campaigns[key].timeline(),
         })
     }

@@ -33,7 +33,7 @@ impl Kind {
     }
 
     /// The kind of an upgrade notification type (`sw…` or `fw…`).
-    pub(super) fn of_notify_type(notify_type: &str) -> Option<Kind> {
+    pub fn of_notify_type(notify_type: &str) -> Option<Kind> {
         match notify_type.get(..2) {
             Some("sw") => Some(Kind::Software),
             Some("fw") => Some(Kind::Firmware),
@@ -100,9 +100,36 @@ impl Upgrade {
     /// Reads an upgrade notification; `None` for anything else, or one missing the fields a
     /// campaign needs (lenient validation stores such bodies too).
     pub fn parse(notify_type: &str, body: &[u8], at: Millis) -> Option<Upgrade> {
-        let kind = Kind::of_notify_type(notify_type)?;
         let body: Value = serde_json::from_slice(body).ok()?;
-        let text = |field: &str| body.get(field).and_then(Value::as_str).map(str::to_owned);
+        Upgrade::from_fields(
+            notify_type,
+            |field| body.get(field).and_then(Value::as_str).map(str::to_owned),
+            at,
+        )
+    }
+
+    /// The campaign of a result; `None` for a state change, which carries no version.
+    pub fn campaign(&self) -> Option<CampaignKey> {
+        match self {
+            Upgrade::Result {
+                kind,
+                target_version,
+                ..
+            } => Some(CampaignKey {
+                kind: *kind,
+                target_version: target_version.clone(),
+            }),
+            Upgrade::StateChange { .. } => None,
+        }
+    }
+
+    /// Reads an upgrade notification from its string fields, as `field` gives them.
+    pub fn from_fields(
+        notify_type: &str,
+        text: impl Fn(&str) -> Option<String>,
+        at: Millis,
+    ) -> Option<Upgrade> {
+        let kind = Kind::of_notify_type(notify_type)?;
         let device_id = text("deviceId")?;
         let operation_id = text("operationId")?;
         if notify_type.ends_with("StateChangeNotify") {
