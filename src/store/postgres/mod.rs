@@ -9,6 +9,7 @@
 mod campaigns;
 mod claims;
 mod delivery;
+mod digests;
 mod intake;
 mod outcomes;
 mod platform;
@@ -474,6 +475,14 @@ impl Store for PgStore {
         now: Millis,
     ) -> Result<Millis, StoreError> {
         self.reserve_call_for(app, limit, now)
+    }
+
+    fn fire_ended_digests(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.fire_digests(now, limit)
+    }
+
+    fn next_digest_end(&self) -> Result<Option<Millis>, StoreError> {
+        self.read_next_digest_end()
     }
 
     fn campaign_view(&self) -> Option<&dyn super::campaigns::CampaignView> {

@@ -43,7 +43,8 @@ impl PgStore {
                 .await?;
             }
         }
-        apply_state_changes(transaction, batch.changes, now).await
+        apply_state_changes(transaction, batch.changes, now).await?;
+        super::digests::add_items(transaction, batch.changes).await
     }
 }
 

@@ -122,6 +122,24 @@ const MIGRATIONS: &[&str] = &[
         start_at BIGINT NOT NULL
     );
     CREATE INDEX platform_calls_by_app ON platform_calls (app, start_at);",
+    // 3: digests, each a plugin's key, open until `ends_at` (indexed for the timer), with
+    // their first items in rows of their own.
+    "CREATE TABLE digests (
+        plugin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        opened_at BIGINT NOT NULL,
+        ends_at BIGINT NOT NULL,
+        total BIGINT NOT NULL,
+        PRIMARY KEY (plugin, key)
+    );
+    CREATE INDEX digests_by_end ON digests (ends_at);
+    CREATE TABLE digest_items (
+        plugin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        item TEXT NOT NULL,
+        PRIMARY KEY (plugin, key, position)
+    );",
 ];
 
 /// Brings the schema up to date, whichever instance gets there first.
