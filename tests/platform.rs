@@ -965,7 +965,8 @@ fn two_instances_on_postgresql_share_the_budget_the_token_and_each_task() {
         .filter(|task| task.devices == ["dev-storm"])
         .count();
     assert_eq!(storm, 3, "the budget of 3 held across instances: {tasks:?}");
-    let devices: std::collections::BTreeSet<&String> = tasks.iter().flat_map(|task| &task.devices).collect();
+    let devices: std::collections::BTreeSet<&String> =
+        tasks.iter().flat_map(|task| &task.devices).collect();
     assert_eq!(
         devices.len(),
         21,

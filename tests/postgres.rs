@@ -282,3 +282,40 @@ fn commands_use_the_database_of_store_url_and_never_show_its_password() {
     );
     assert!(!text.contains(PASSWORD), "{text}");
 }
+
+#[test]
+fn an_instance_is_woken_when_another_commits_work_for_it() {
+    use notirouter::config::Config;
+    use notirouter::store::{self, Opener, Signals};
+
+    let Some(database) = TestDatabase::create() else {
+        return;
+    };
+    let text = format!("[store]\nurl = \"{}\"\n", database.url);
+    let config = Config::parse(&text, std::path::Path::new("t.toml"), Vec::new()).unwrap();
+    let listening = store::open(&config.store, Opener::Server).unwrap();
+    let signals = Signals::default();
+    listening.watch_others(&signals);
+    let other = store::open(&config.store, Opener::Command).unwrap();
+
+    // The listener may still be connecting: append until a wake-up arrives.
+    let before = signals.events.generation();
+    let woken = wait_until(Duration::from_secs(10), || {
+        let body = fixtures::sw_fail(&format!("dev-{}", ulid::Ulid::generate()));
+        let text = body.to_string();
+        let parsed = notirouter::notification::parse(text.as_bytes()).unwrap();
+        let event = store::NewEvent {
+            received_at: notirouter::model::Millis::now(),
+            path: RECEIVER.into(),
+            remote_addr: None,
+            notify_type: parsed.notify_type,
+            device_id: parsed.device_id,
+            body: text.into_bytes(),
+            hash: parsed.hash,
+            warnings: Vec::new(),
+        };
+        other.append(&[event], &[]).unwrap();
+        signals.events.generation() != before
+    });
+    assert!(woken, "no wake-up came from the other store's commit");
+}

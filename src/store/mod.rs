@@ -452,6 +452,11 @@ pub trait Store: StateView + Send + Sync + 'static {
     /// leaves them to their leases. Called once as `serve` starts.
     fn release_stale_claims(&self) -> Result<(), StoreError>;
 
+    /// Wakes `signals` when another instance commits work for this one (new events, actions
+    /// due now), for a backend that several instances share; the stages poll anyway, so this
+    /// only makes them quicker. Called once as `serve` starts.
+    fn watch_others(&self, _signals: &Signals) {}
+
     /// Records outcomes, inserts their actions and applies the state changes, in one durable
     /// transaction: all of it or none of it. Fails with [`StoreError::ClaimLost`] when an
     /// outcome's claim no longer holds.

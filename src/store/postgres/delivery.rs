@@ -196,6 +196,9 @@ impl PgStore {
                 )
                 .await
                 .map_err(database("re-queueing dead letters"))?;
+            if requeued > 0 {
+                super::notify::notify(transaction, super::notify::ACTIONS).await?;
+            }
             Ok(requeued as usize)
         })
     }

@@ -75,6 +75,9 @@ impl PgStore {
                         .map_err(database("deleting a fired digest"))?;
                 }
             }
+            if !ended.is_empty() {
+                super::notify::notify(transaction, super::notify::EVENTS).await?;
+            }
             Ok(ended.len())
         })
     }

@@ -11,6 +11,7 @@ mod claims;
 mod delivery;
 mod digests;
 mod intake;
+mod notify;
 mod outcomes;
 mod platform;
 mod queries;
@@ -46,6 +47,8 @@ pub struct PgStore {
     pool: Pool,
     /// Where the database is, for messages (never the password).
     target: Target,
+    /// How the listener connects, outside the pool.
+    connect_config: tokio_postgres::Config,
     /// Action ids: monotonic within a millisecond.
     ids: Mutex<Generator>,
     dedup_window: Duration,
@@ -80,6 +83,7 @@ impl PgStore {
             runtime: Some(runtime),
             pool,
             target,
+            connect_config: connect_config(postgres),
             ids: Mutex::new(Generator::new()),
             dedup_window: config.dedup_window,
             rejected_max_count: config.rejected_max_count,
@@ -220,15 +224,21 @@ enum Durability {
     Claim,
 }
 
-fn build_pool(postgres: &PostgresConfig) -> Result<Pool, StoreError> {
+/// The URL's settings, with a bounded connect and keepalives, so that a vanished database is
+/// noticed rather than waited for.
+fn connect_config(postgres: &PostgresConfig) -> tokio_postgres::Config {
     let mut connect = postgres.url.clone();
     connect
         .connect_timeout(CONNECT_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
         .application_name("notirouter");
+    connect
+}
+
+fn build_pool(postgres: &PostgresConfig) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
-        connect,
+        connect_config(postgres),
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -293,6 +303,17 @@ fn write_together(store: &PgStore, group: &WriteGroup<'_>) -> Result<GroupWritte
         let raised = store
             .deliveries_in(transaction, group.deliveries, group.now)
             .await?;
+        let new_events = appended.iter().any(|a| matches!(a, Appended::Accepted(_))) || raised > 0;
+        if new_events {
+            notify::notify(transaction, notify::EVENTS).await?;
+        }
+        let new_actions = group
+            .outcomes
+            .iter()
+            .any(|batch| batch.outcomes.iter().any(|o| !o.actions.is_empty()));
+        if new_actions || !group.deliveries.is_empty() {
+            notify::notify(transaction, notify::ACTIONS).await?;
+        }
         Ok(GroupWritten {
             appended: Ok(appended),
             outcomes: group.outcomes.iter().map(|_| Ok(())).collect(),
@@ -356,6 +377,10 @@ impl Store for PgStore {
     /// Instances share the database: a claim another instance holds is left to its lease.
     fn release_stale_claims(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn watch_others(&self, signals: &super::Signals) {
+        self.listen(signals.clone());
     }
 
     fn record_outcomes(
