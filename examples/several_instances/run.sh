@@ -28,12 +28,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The URL of a new, empty database on the server.
+# Creates a new, empty database named $1 on the server, dropped on exit.
 new_database() {
-    local name="notirouter_bench_$$_${#databases[@]}"
-    psql "$server" -qc "CREATE DATABASE $name"
-    databases+=("$name")
-    echo "${server%/*}/$name"
+    psql "$server" -qc "CREATE DATABASE $1"
+    databases+=("$1")
 }
 
 # Starts an instance on port $1 with store URL $2 (empty: SQLite) in its own folder; waits
@@ -67,15 +65,15 @@ start 18081 ""
 stop_all
 
 echo "== one instance on PostgreSQL"
-url=$(new_database)
-start 18082 "$url"
+new_database "notirouter_bench_$$_one"
+start 18082 "${server%/*}/notirouter_bench_$$_one"
 "$loadgen" --target http://127.0.0.1:18082 --pid "${pids[0]}" --connections 128 "$@"
 stop_all
 
 echo "== two instances on one PostgreSQL database, the load split"
-url=$(new_database)
-start 18083 "$url"
-start 18084 "$url"
+new_database "notirouter_bench_$$_two"
+start 18083 "${server%/*}/notirouter_bench_$$_two"
+start 18084 "${server%/*}/notirouter_bench_$$_two"
 "$loadgen" --target http://127.0.0.1:18083,http://127.0.0.1:18084 \
     --pid "${pids[0]},${pids[1]}" --connections 128 "$@"
 stop_all

@@ -2,6 +2,7 @@
 //! LOCKED`: claimers never wait for each other's rows, they take others. A claim commits
 //! without waiting for the disk: a lost claim only makes its rows claimable again.
 
+use super::cached;
 use super::delivery::{PENDING_COLUMNS, pending_action};
 use super::queries::{STORED_COLUMNS, stored_event};
 use super::{Durability, PgStore, database};
@@ -28,29 +29,29 @@ impl PgStore {
         let rows = limit.saturating_mul(WINDOW_PER_EVENT) as i64;
         self.in_transaction(Durability::Claim, async |transaction| {
             let window = window_rows(
-                transaction
-                    .query(
-                        "SELECT seq, device_id, claimed_by, lease_until FROM events
+                cached::query(
+                    transaction,
+                    "SELECT seq, device_id, claimed_by, lease_until FROM events
                          WHERE status = 'pending' ORDER BY seq LIMIT $1",
-                        &[&rows],
-                    )
-                    .await
-                    .map_err(database("finding events to claim"))?,
+                    &[&rows],
+                )
+                .await
+                .map_err(database("finding events to claim"))?,
             );
             let chosen = claimable(&window, by.as_str(), now, limit);
             if chosen.is_empty() {
                 return Ok(Vec::new());
             }
             let locked = window_rows(
-                transaction
-                    .query(
-                        "SELECT seq, device_id, claimed_by, lease_until FROM events
+                cached::query(
+                    transaction,
+                    "SELECT seq, device_id, claimed_by, lease_until FROM events
                          WHERE seq = ANY($1) AND status = 'pending' ORDER BY seq
                          FOR UPDATE SKIP LOCKED",
-                        &[&chosen],
-                    )
-                    .await
-                    .map_err(database("locking events to claim"))?,
+                    &[&chosen],
+                )
+                .await
+                .map_err(database("locking events to claim"))?,
             );
             let latest: Vec<WindowRow> = window
                 .into_iter()
@@ -68,19 +69,19 @@ impl PgStore {
             if taken.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut claimed = transaction
-                .query(
-                    &format!(
-                        "UPDATE events SET claimed_by = $1, lease_until = $2 WHERE seq = ANY($3)
+            let mut claimed = cached::query(
+                transaction,
+                &format!(
+                    "UPDATE events SET claimed_by = $1, lease_until = $2 WHERE seq = ANY($3)
                          RETURNING {STORED_COLUMNS}"
-                    ),
-                    &[&by.as_str(), &lease_until, &taken],
-                )
-                .await
-                .map_err(database("claiming events"))?
-                .iter()
-                .map(stored_event)
-                .collect::<Result<Vec<_>, _>>()?;
+                ),
+                &[&by.as_str(), &lease_until, &taken],
+            )
+            .await
+            .map_err(database("claiming events"))?
+            .iter()
+            .map(stored_event)
+            .collect::<Result<Vec<_>, _>>()?;
             claimed.sort_by_key(|event| event.seq);
             Ok(claimed)
         })
@@ -97,19 +98,19 @@ impl PgStore {
         let destination = destination.to_string();
         let limit = limit as i64;
         self.in_transaction(Durability::Claim, async |transaction| {
-            let mut rows = transaction
-                .query(
-                    &format!(
-                        "UPDATE actions SET claimed_by = $1, lease_until = $2 WHERE id IN (
+            let mut rows = cached::query(
+                transaction,
+                &format!(
+                    "UPDATE actions SET claimed_by = $1, lease_until = $2 WHERE id IN (
                             SELECT id FROM actions WHERE status = 'pending' AND destination = $3
                             AND due_at <= $4 AND (claimed_by IS NULL OR lease_until <= $4)
                             ORDER BY due_at LIMIT $5 FOR UPDATE SKIP LOCKED)
                          RETURNING {PENDING_COLUMNS}, due_at"
-                    ),
-                    &[&by.as_str(), &lease_until, &destination, &now.0, &limit],
-                )
-                .await
-                .map_err(database("claiming due actions"))?;
+                ),
+                &[&by.as_str(), &lease_until, &destination, &now.0, &limit],
+            )
+            .await
+            .map_err(database("claiming due actions"))?;
             // RETURNING keeps no order.
             rows.sort_by_key(|row| (row.get::<_, i64>("due_at"), row.get::<_, String>("id")));
             rows.iter().map(pending_action).collect()
@@ -124,14 +125,14 @@ impl PgStore {
     ) -> Result<usize, StoreError> {
         let lease_until = self.lease_from(now);
         self.in_transaction(Durability::Claim, async |transaction| {
-            let renewed = transaction
-                .execute(
-                    "UPDATE actions SET lease_until = $3
+            let renewed = cached::execute(
+                transaction,
+                "UPDATE actions SET lease_until = $3
                      WHERE id = ANY($1) AND claimed_by = $2 AND status = 'pending'",
-                    &[&ids, &by.as_str(), &lease_until],
-                )
-                .await
-                .map_err(database("renewing claims"))?;
+                &[&ids, &by.as_str(), &lease_until],
+            )
+            .await
+            .map_err(database("renewing claims"))?;
             Ok(renewed as usize)
         })
     }

@@ -1,8 +1,10 @@
 //! Delivery's reads and writes: due actions per destination, attempt records, dead letters and
 //! the `actionFailed` events they raise (by the shared [`rules`]).
 
-use tokio_postgres::{Row, Transaction};
+use deadpool_postgres::Transaction;
+use tokio_postgres::Row;
 
+use super::cached;
 use super::intake::insert_internal;
 use super::{Durability, PgStore, database, received_at_of};
 use crate::action::Action;
@@ -24,17 +26,17 @@ impl PgStore {
         now: Millis,
     ) -> Result<Vec<Destination>, StoreError> {
         self.with_client(async |client| {
-            client
-                .query(
-                    "SELECT DISTINCT destination FROM actions
+            cached::query(
+                &*client,
+                "SELECT DISTINCT destination FROM actions
                      WHERE status = 'pending' AND due_at <= $1",
-                    &[&now.0],
-                )
-                .await
-                .map_err(database("finding due destinations"))?
-                .iter()
-                .map(|row| parse_destination(row.get(0)))
-                .collect()
+                &[&now.0],
+            )
+            .await
+            .map_err(database("finding due destinations"))?
+            .iter()
+            .map(|row| parse_destination(row.get(0)))
+            .collect()
         })
     }
 
@@ -48,8 +50,7 @@ impl PgStore {
 
     fn read_min(&self, sql: &'static str) -> Result<Option<Millis>, StoreError> {
         self.with_client(async |client| {
-            let row = client
-                .query_one(sql, &[])
+            let row = cached::query_one(&*client, sql, &[])
                 .await
                 .map_err(database("reading pending actions' times"))?;
             Ok(row.get::<_, Option<i64>>(0).map(Millis))
@@ -72,21 +73,21 @@ impl PgStore {
                     attempt,
                     result,
                 } => {
-                    let updated = transaction
-                        .execute(
-                            "UPDATE actions SET status = 'sent', attempts = $2, sent_at = $3,
+                    let updated = cached::execute(
+                        transaction,
+                        "UPDATE actions SET status = 'sent', attempts = $2, sent_at = $3,
                              result = $4, last_error = NULL, claimed_by = NULL, lease_until = NULL
                              WHERE id = $1 AND claimed_by = $5",
-                            &[
-                                &claim.id,
-                                &(attempt.number as i32),
-                                &attempt.at.0,
-                                result,
-                                &claim.by.as_str(),
-                            ],
-                        )
-                        .await
-                        .map_err(database("recording a sent action"))?;
+                        &[
+                            &claim.id,
+                            &(attempt.number as i32),
+                            &attempt.at.0,
+                            result,
+                            &claim.by.as_str(),
+                        ],
+                    )
+                    .await
+                    .map_err(database("recording a sent action"))?;
                     record_attempt_if_held(transaction, claim, updated, attempt).await?;
                 }
                 DeliveryUpdate::Retry {
@@ -94,21 +95,21 @@ impl PgStore {
                     attempt,
                     due_at,
                 } => {
-                    let updated = transaction
-                        .execute(
-                            "UPDATE actions SET attempts = $2, due_at = $3, last_error = $4,
+                    let updated = cached::execute(
+                        transaction,
+                        "UPDATE actions SET attempts = $2, due_at = $3, last_error = $4,
                              claimed_by = NULL, lease_until = NULL
                              WHERE id = $1 AND claimed_by = $5",
-                            &[
-                                &claim.id,
-                                &(attempt.number as i32),
-                                &due_at.0,
-                                &attempt.error,
-                                &claim.by.as_str(),
-                            ],
-                        )
-                        .await
-                        .map_err(database("scheduling a retry"))?;
+                        &[
+                            &claim.id,
+                            &(attempt.number as i32),
+                            &due_at.0,
+                            &attempt.error,
+                            &claim.by.as_str(),
+                        ],
+                    )
+                    .await
+                    .map_err(database("scheduling a retry"))?;
                     record_attempt_if_held(transaction, claim, updated, attempt).await?;
                 }
                 DeliveryUpdate::Dead { claim, attempt } => {
@@ -122,13 +123,13 @@ impl PgStore {
                     finish(transaction, claim, ActionStatus::Skipped, attempt).await?;
                 }
                 DeliveryUpdate::InFlight { claim, at } => {
-                    transaction
-                        .execute(
-                            "UPDATE actions SET in_flight_at = $2 WHERE id = $1 AND claimed_by = $3",
-                            &[&claim.id, &at.0, &claim.by.as_str()],
-                        )
-                        .await
-                        .map_err(database("marking an action in flight"))?;
+                    cached::execute(
+                        transaction,
+                        "UPDATE actions SET in_flight_at = $2 WHERE id = $1 AND claimed_by = $3",
+                        &[&claim.id, &at.0, &claim.by.as_str()],
+                    )
+                    .await
+                    .map_err(database("marking an action in flight"))?;
                 }
             }
         }
@@ -137,65 +138,65 @@ impl PgStore {
 
     pub(super) fn read_dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.with_client(async |client| {
-            client
-                .query(
-                    "SELECT id, event_id, kind, destination, attempts, last_error, created_at
+            cached::query(
+                &*client,
+                "SELECT id, event_id, kind, destination, attempts, last_error, created_at
                      FROM actions WHERE status = 'dead' ORDER BY created_at, id",
-                    &[],
-                )
-                .await
-                .map_err(database("listing dead letters"))?
-                .iter()
-                .map(|row| {
-                    Ok(DeadLetter {
-                        id: row.get(0),
-                        event_id: row.get(1),
-                        kind: row.get(2),
-                        destination: parse_destination(row.get(3))?,
-                        attempts: row.get::<_, i32>(4) as u32,
-                        last_error: row.get(5),
-                        created_at: Millis(row.get(6)).to_rfc3339(),
-                    })
+                &[],
+            )
+            .await
+            .map_err(database("listing dead letters"))?
+            .iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    id: row.get(0),
+                    event_id: row.get(1),
+                    kind: row.get(2),
+                    destination: parse_destination(row.get(3))?,
+                    attempts: row.get::<_, i32>(4) as u32,
+                    last_error: row.get(5),
+                    created_at: Millis(row.get(6)).to_rfc3339(),
                 })
-                .collect()
+            })
+            .collect()
         })
     }
 
     pub(super) fn write_requeue(&self, id: Option<&str>) -> Result<usize, StoreError> {
         self.in_transaction(Durability::Durable, async |transaction| {
             // A dead platform task gave its budget unit back; queued again, it takes it again.
-            let payloads = transaction
-                .query(
-                    "SELECT payload FROM actions WHERE status = 'dead'
+            let payloads = cached::query(
+                transaction,
+                "SELECT payload FROM actions WHERE status = 'dead'
                      AND ($1::TEXT IS NULL OR id = $1) FOR UPDATE",
-                    &[&id],
-                )
-                .await
-                .map_err(database("reading the dead letters to re-queue"))?;
+                &[&id],
+            )
+            .await
+            .map_err(database("reading the dead letters to re-queue"))?;
             for row in payloads {
                 let action = parse_action("a dead letter", row.get(0))?;
                 if let Some((device_id, target_version)) = rules::budget_taken(&action) {
-                    transaction
-                        .execute(
-                            "UPDATE upgrade_budget SET retries = retries + 1
+                    cached::execute(
+                        transaction,
+                        "UPDATE upgrade_budget SET retries = retries + 1
                              WHERE device_id = $1 AND target_version = $2",
-                            &[&device_id, &target_version],
-                        )
-                        .await
-                        .map_err(database(
-                            "taking the upgrade budget back for a re-queued task",
-                        ))?;
+                        &[&device_id, &target_version],
+                    )
+                    .await
+                    .map_err(database(
+                        "taking the upgrade budget back for a re-queued task",
+                    ))?;
                 }
             }
-            let requeued = transaction
-                .execute(
-                    "UPDATE actions SET status = 'pending', attempts = 0, due_at = $2,
+            let requeued = cached::execute(
+                transaction,
+                "UPDATE actions SET status = 'pending', attempts = 0, due_at = $2,
                      claimed_by = NULL, lease_until = NULL
                      WHERE status = 'dead' AND ($1::TEXT IS NULL OR id = $1)",
-                    &[&id, &Millis::now().0],
-                )
-                .await
-                .map_err(database("re-queueing dead letters"))?;
+                &[&id, &Millis::now().0],
+            )
+            .await
+            .map_err(database("re-queueing dead letters"))?;
             if requeued > 0 {
                 super::notify::notify(transaction, super::notify::ACTIONS).await?;
             }
@@ -205,13 +206,13 @@ impl PgStore {
 
     pub(super) fn write_drop(&self, id: &str) -> Result<bool, StoreError> {
         self.in_transaction(Durability::Durable, async |transaction| {
-            let dropped = transaction
-                .execute(
-                    "UPDATE actions SET status = 'dropped' WHERE status = 'dead' AND id = $1",
-                    &[&id],
-                )
-                .await
-                .map_err(database("dropping a dead letter"))?;
+            let dropped = cached::execute(
+                transaction,
+                "UPDATE actions SET status = 'dropped' WHERE status = 'dead' AND id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(database("dropping a dead letter"))?;
             Ok(dropped == 1)
         })
     }
@@ -225,20 +226,20 @@ async fn finish(
     status: ActionStatus,
     attempt: &Attempt,
 ) -> Result<bool, StoreError> {
-    let updated = transaction
-        .execute(
-            "UPDATE actions SET status = $2, attempts = $3, last_error = $4, claimed_by = NULL,
+    let updated = cached::execute(
+        transaction,
+        "UPDATE actions SET status = $2, attempts = $3, last_error = $4, claimed_by = NULL,
              lease_until = NULL WHERE id = $1 AND claimed_by = $5",
-            &[
-                &claim.id,
-                &status.as_str(),
-                &(attempt.number as i32),
-                &attempt.error,
-                &claim.by.as_str(),
-            ],
-        )
-        .await
-        .map_err(database("ending an action"))?;
+        &[
+            &claim.id,
+            &status.as_str(),
+            &(attempt.number as i32),
+            &attempt.error,
+            &claim.by.as_str(),
+        ],
+    )
+    .await
+    .map_err(database("ending an action"))?;
     record_attempt_if_held(transaction, claim, updated, attempt).await?;
     Ok(updated == 1)
 }
@@ -251,13 +252,13 @@ async fn after_death(
     attempt: &Attempt,
     now: Millis,
 ) -> Result<bool, StoreError> {
-    let Some(row) = transaction
-        .query_opt(
-            "SELECT event_id, payload FROM actions WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .map_err(database("reading a dead action"))?
+    let Some(row) = cached::query_opt(
+        transaction,
+        "SELECT event_id, payload FROM actions WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .map_err(database("reading a dead action"))?
     else {
         return Ok(false);
     };
@@ -266,23 +267,23 @@ async fn after_death(
         .parse()
         .map_err(StoreError::Damaged)?;
     let action = parse_action("a dead action", row.get(1))?;
-    let source: Option<String> = transaction
-        .query_opt(
-            "SELECT source FROM events WHERE seq = $1 AND received_at = $2",
-            &[&event_id.seq(), &received_at_of(event_id)],
+    let source: Option<String> = cached::query_opt(
+        transaction,
+        "SELECT source FROM events WHERE seq = $1 AND received_at = $2",
+        &[&event_id.seq(), &received_at_of(event_id)],
+    )
+    .await
+    .map_err(database("reading a dead action's event"))?
+    .map(|row| row.get(0));
+    if let Some((device_id, target_version)) = rules::budget_taken(&action) {
+        cached::execute(
+            transaction,
+            "UPDATE upgrade_budget SET retries = greatest(retries - 1, 0)
+                 WHERE device_id = $1 AND target_version = $2",
+            &[&device_id, &target_version],
         )
         .await
-        .map_err(database("reading a dead action's event"))?
-        .map(|row| row.get(0));
-    if let Some((device_id, target_version)) = rules::budget_taken(&action) {
-        transaction
-            .execute(
-                "UPDATE upgrade_budget SET retries = greatest(retries - 1, 0)
-                 WHERE device_id = $1 AND target_version = $2",
-                &[&device_id, &target_version],
-            )
-            .await
-            .map_err(database("giving a retry back to the upgrade budget"))?;
+        .map_err(database("giving a retry back to the upgrade budget"))?;
     }
     let dead = rules::DeadAction {
         id,
@@ -310,21 +311,21 @@ async fn record_attempt_if_held(
         tracing::warn!(action_id = %claim.id, claimer = %claim.by, "a delivery result came after its claim ended; another claimer has the action");
         return Ok(());
     }
-    transaction
-        .execute(
-            "INSERT INTO action_attempts (action_id, attempt, at, duration_ms, outcome, error)
+    cached::execute(
+        transaction,
+        "INSERT INTO action_attempts (action_id, attempt, at, duration_ms, outcome, error)
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &claim.id,
-                &(attempt.number as i32),
-                &attempt.at.0,
-                &(attempt.duration_ms as i64),
-                &attempt.outcome.as_str(),
-                &attempt.error,
-            ],
-        )
-        .await
-        .map_err(database("recording an attempt"))?;
+        &[
+            &claim.id,
+            &(attempt.number as i32),
+            &attempt.at.0,
+            &(attempt.duration_ms as i64),
+            &attempt.outcome.as_str(),
+            &attempt.error,
+        ],
+    )
+    .await
+    .map_err(database("recording an attempt"))?;
     Ok(())
 }
 
@@ -356,26 +357,26 @@ pub(super) fn parse_action(what: &str, payload: &str) -> Result<Action, StoreErr
 
 /// The attempts of one action, oldest first.
 pub(super) async fn attempts_of(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     id: &str,
 ) -> Result<Vec<Attempt>, StoreError> {
-    client
-        .query(
-            "SELECT attempt, at, duration_ms, outcome, error FROM action_attempts
+    cached::query(
+        client,
+        "SELECT attempt, at, duration_ms, outcome, error FROM action_attempts
              WHERE action_id = $1 ORDER BY attempt, at",
-            &[&id],
-        )
-        .await
-        .map_err(database("reading attempts"))?
-        .iter()
-        .map(|row| {
-            Ok(Attempt {
-                number: row.get::<_, i32>(0) as u32,
-                at: Millis(row.get(1)),
-                duration_ms: row.get::<_, i64>(2) as u64,
-                outcome: row.get::<_, &str>(3).parse().map_err(StoreError::Damaged)?,
-                error: row.get(4),
-            })
+        &[&id],
+    )
+    .await
+    .map_err(database("reading attempts"))?
+    .iter()
+    .map(|row| {
+        Ok(Attempt {
+            number: row.get::<_, i32>(0) as u32,
+            at: Millis(row.get(1)),
+            duration_ms: row.get::<_, i64>(2) as u64,
+            outcome: row.get::<_, &str>(3).parse().map_err(StoreError::Damaged)?,
+            error: row.get(4),
         })
-        .collect()
+    })
+    .collect()
 }

@@ -1,7 +1,8 @@
 //! Digests: items added with a batch's outcomes, and the firing of those whose window ended.
 
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
 
+use super::cached;
 use super::intake::insert_internal;
 use super::{Durability, PgStore, database};
 use crate::model::Millis;
@@ -17,23 +18,23 @@ pub(super) async fn add_items(
     changes: &StateChanges,
 ) -> Result<(), StoreError> {
     for (key, addition) in &changes.digests {
-        let total: i64 = transaction
-            .query_one(
-                "INSERT INTO digests AS d (plugin, key, opened_at, ends_at, total)
+        let total: i64 = cached::query_one(
+            transaction,
+            "INSERT INTO digests AS d (plugin, key, opened_at, ends_at, total)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (plugin, key) DO UPDATE SET total = d.total + EXCLUDED.total
                  RETURNING total",
-                &[
-                    &key.plugin,
-                    &key.key,
-                    &addition.opened_at.0,
-                    &addition.ends_at().0,
-                    &addition.total,
-                ],
-            )
-            .await
-            .map_err(database("adding to a digest"))?
-            .get(0);
+            &[
+                &key.plugin,
+                &key.key,
+                &addition.opened_at.0,
+                &addition.ends_at().0,
+                &addition.total,
+            ],
+        )
+        .await
+        .map_err(database("adding to a digest"))?
+        .get(0);
         let before = total - addition.total;
         let room = (DIGEST_ITEMS as i64 - before).max(0) as usize;
         let items: Vec<&str> = addition
@@ -45,15 +46,15 @@ pub(super) async fn add_items(
         if items.is_empty() {
             continue;
         }
-        transaction
-            .execute(
-                "INSERT INTO digest_items (plugin, key, position, item)
+        cached::execute(
+            transaction,
+            "INSERT INTO digest_items (plugin, key, position, item)
                  SELECT $1, $2, $3 + ordinality - 1, item
                  FROM unnest($4::TEXT[]) WITH ORDINALITY AS added (item, ordinality)",
-                &[&key.plugin, &key.key, &before, &items],
-            )
-            .await
-            .map_err(database("adding digest items"))?;
+            &[&key.plugin, &key.key, &before, &items],
+        )
+        .await
+        .map_err(database("adding digest items"))?;
     }
     Ok(())
 }
@@ -69,8 +70,7 @@ impl PgStore {
                     "DELETE FROM digest_items WHERE plugin = $1 AND key = $2",
                     "DELETE FROM digests WHERE plugin = $1 AND key = $2",
                 ] {
-                    transaction
-                        .execute(sql, &[&digest.key.plugin, &digest.key.key])
+                    cached::execute(transaction, sql, &[&digest.key.plugin, &digest.key.key])
                         .await
                         .map_err(database("deleting a fired digest"))?;
                 }
@@ -84,8 +84,7 @@ impl PgStore {
 
     pub(super) fn read_next_digest_end(&self) -> Result<Option<Millis>, StoreError> {
         self.with_client(async |client| {
-            let row = client
-                .query_one("SELECT min(ends_at) FROM digests", &[])
+            let row = cached::query_one(&*client, "SELECT min(ends_at) FROM digests", &[])
                 .await
                 .map_err(database("reading when the next digest ends"))?;
             Ok(row.get::<_, Option<i64>>(0).map(Millis))
@@ -98,30 +97,30 @@ async fn ended_digests(
     now: Millis,
     limit: usize,
 ) -> Result<Vec<EndedDigest>, StoreError> {
-    let heads = transaction
-        .query(
-            "SELECT plugin, key, opened_at, total FROM digests WHERE ends_at <= $1
+    let heads = cached::query(
+        transaction,
+        "SELECT plugin, key, opened_at, total FROM digests WHERE ends_at <= $1
              ORDER BY ends_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-            &[&now.0, &(limit as i64)],
-        )
-        .await
-        .map_err(database("finding ended digests"))?;
+        &[&now.0, &(limit as i64)],
+    )
+    .await
+    .map_err(database("finding ended digests"))?;
     let mut ended = Vec::with_capacity(heads.len());
     for head in heads {
         let key = DigestKey {
             plugin: head.get(0),
             key: head.get(1),
         };
-        let items = transaction
-            .query(
-                "SELECT item FROM digest_items WHERE plugin = $1 AND key = $2 ORDER BY position",
-                &[&key.plugin, &key.key],
-            )
-            .await
-            .map_err(database("reading a digest's items"))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let items = cached::query(
+            transaction,
+            "SELECT item FROM digest_items WHERE plugin = $1 AND key = $2 ORDER BY position",
+            &[&key.plugin, &key.key],
+        )
+        .await
+        .map_err(database("reading a digest's items"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
         ended.push(EndedDigest {
             key,
             opened_at: Millis(head.get(2)),

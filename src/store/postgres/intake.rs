@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{GenericClient, Transaction};
+use deadpool_postgres::{GenericClient, Transaction};
 
+use super::cached;
 use super::{Durability, PgStore, database};
 use crate::model::{EventId, Millis};
 use crate::store::rules::InternalEvent;
@@ -47,20 +48,20 @@ impl PgStore {
         let hashes: Vec<&[u8]> = firsts.iter().map(|&i| &events[i].hash[..]).collect();
         let received: Vec<i64> = firsts.iter().map(|&i| events[i].received_at.0).collect();
         let window = self.dedup_window.as_millis() as i64;
-        let claimed: Vec<Vec<u8>> = transaction
-            .query(
-                "INSERT INTO dedup (body_hash, first_at, seq)
+        let claimed: Vec<Vec<u8>> = cached::query(
+            transaction,
+            "INSERT INTO dedup (body_hash, first_at, seq)
                  SELECT * FROM unnest($1::BYTEA[], $2::BIGINT[], $3::BIGINT[])
                  ON CONFLICT (body_hash) DO UPDATE SET first_at = EXCLUDED.first_at,
                  seq = EXCLUDED.seq WHERE dedup.first_at <= EXCLUDED.first_at - $4
                  RETURNING body_hash",
-                &[&hashes, &received, &seqs, &window],
-            )
-            .await
-            .map_err(database("checking for duplicates"))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+            &[&hashes, &received, &seqs, &window],
+        )
+        .await
+        .map_err(database("checking for duplicates"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
         let is_new = |index: usize| claimed.iter().any(|hash| hash[..] == events[index].hash);
         let new: Vec<(usize, i64)> = firsts
             .iter()
@@ -113,25 +114,25 @@ impl PgStore {
         let types = column(|body| body.content_type.as_deref());
         let bodies: Vec<&[u8]> = rejected.iter().map(|body| &body.body[..]).collect();
         let lengths: Vec<i64> = rejected.iter().map(|body| body.body_len as i64).collect();
-        transaction
-            .execute(
-                "INSERT INTO rejected (received_at, path, remote_addr, reason, content_type, body,
+        cached::execute(
+            transaction,
+            "INSERT INTO rejected (received_at, path, remote_addr, reason, content_type, body,
                  body_len) SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[],
                  $5::TEXT[], $6::BYTEA[], $7::BIGINT[])",
-                &[
-                    &received, &paths, &remotes, &reasons, &types, &bodies, &lengths,
-                ],
-            )
-            .await
-            .map_err(database("keeping a rejected body"))?;
+            &[
+                &received, &paths, &remotes, &reasons, &types, &bodies, &lengths,
+            ],
+        )
+        .await
+        .map_err(database("keeping a rejected body"))?;
         let keep = i64::try_from(self.rejected_max_count).unwrap_or(i64::MAX);
-        transaction
-            .execute(
-                "DELETE FROM rejected WHERE seq <= (SELECT max(seq) FROM rejected) - $1",
-                &[&keep],
-            )
-            .await
-            .map_err(database("bounding rejected bodies"))?;
+        cached::execute(
+            transaction,
+            "DELETE FROM rejected WHERE seq <= (SELECT max(seq) FROM rejected) - $1",
+            &[&keep],
+        )
+        .await
+        .map_err(database("bounding rejected bodies"))?;
         Ok(())
     }
 
@@ -143,16 +144,14 @@ impl PgStore {
         let now = Millis::now();
         let dedup_until = now.minus(self.dedup_window).0;
         self.in_transaction(Durability::Durable, async |transaction| {
-            let locked: bool = transaction
-                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
+            let locked: bool = cached::query_one(transaction, "SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
                 .await
                 .map_err(database("taking the pruning lock"))?
                 .get(0);
             if !locked {
                 return Ok(Pruned::default());
             }
-            let doomed = transaction
-                .query(
+            let doomed = cached::query(transaction,
                     "SELECT seq, id FROM events e WHERE received_at < $1 AND status != 'pending'
                      AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.event_id = e.id
                                      AND a.status IN ('pending', 'dead'))
@@ -172,8 +171,7 @@ impl PgStore {
                 ("DELETE FROM actions WHERE event_id = ANY($1)", &ids),
                 ("DELETE FROM events WHERE seq = ANY($1)", &seqs),
             ] {
-                transaction
-                    .execute(sql, &[params])
+                cached::execute(transaction, sql, &[params])
                     .await
                     .map_err(database("pruning events"))?;
             }
@@ -182,13 +180,11 @@ impl PgStore {
                 ("DELETE FROM counters WHERE key IN (SELECT key FROM counters WHERE expires_at <= $1 LIMIT $2)", now.0),
                 ("DELETE FROM dedup WHERE body_hash IN (SELECT body_hash FROM dedup WHERE first_at <= $1 LIMIT $2)", dedup_until),
             ] {
-                transaction
-                    .execute(sql, &[&until, &limit])
+                cached::execute(transaction, sql, &[&until, &limit])
                     .await
                     .map_err(database("pruning expired keys"))?;
             }
-            let rejected = transaction
-                .execute(
+            let rejected = cached::execute(transaction,
                     "DELETE FROM rejected WHERE seq IN
                      (SELECT seq FROM rejected WHERE received_at < $1 LIMIT $2)",
                     &[&before.0, &limit],
@@ -205,17 +201,17 @@ impl PgStore {
 
 /// `count` new event numbers, increasing.
 async fn next_seqs(client: &impl GenericClient, count: usize) -> Result<Vec<i64>, StoreError> {
-    Ok(client
-        .query(
-            "SELECT nextval(pg_get_serial_sequence('events', 'seq'))
+    Ok(cached::query(
+        client,
+        "SELECT nextval(pg_get_serial_sequence('events', 'seq'))
              FROM generate_series(1, $1::BIGINT)",
-            &[&(count as i64)],
-        )
-        .await
-        .map_err(database("numbering events"))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect())
+        &[&(count as i64)],
+    )
+    .await
+    .map_err(database("numbering events"))?
+    .iter()
+    .map(|row| row.get(0))
+    .collect())
 }
 
 /// Inserts the events at `new` (index into `events`, seq), in one statement.
@@ -243,17 +239,17 @@ async fn insert_events(
         .iter()
         .map(|n| serde_json::to_string(&pick(n).warnings).expect("problems serialise"))
         .collect();
-    transaction
-        .execute(
-            "INSERT INTO events (seq, id, received_at, path, remote_addr, notify_type, device_id,
+    cached::execute(
+        transaction,
+        "INSERT INTO events (seq, id, received_at, path, remote_addr, notify_type, device_id,
              body, warnings) SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[],
              $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::BYTEA[], $9::TEXT[])",
-            &[
-                &seqs, &ids, &received, &paths, &remotes, &types, &devices, &bodies, &warnings,
-            ],
-        )
-        .await
-        .map_err(database("storing events"))?;
+        &[
+            &seqs, &ids, &received, &paths, &remotes, &types, &devices, &bodies, &warnings,
+        ],
+    )
+    .await
+    .map_err(database("storing events"))?;
     Ok(())
 }
 
@@ -272,22 +268,22 @@ async fn first_copies(
     if copies.is_empty() {
         return Ok(Vec::new());
     }
-    transaction
-        .query(
-            "SELECT body_hash, first_at, seq FROM dedup WHERE body_hash = ANY($1)",
-            &[&copies],
-        )
-        .await
-        .map_err(database("reading the first copies of duplicates"))?
-        .iter()
-        .map(|row| {
-            let hash: Vec<u8> = row.get(0);
-            let hash: [u8; 32] = hash
-                .try_into()
-                .map_err(|_| StoreError::Damaged("a stored body hash is not 32 bytes".into()))?;
-            Ok((hash, EventId::from_parts(Millis(row.get(1)), row.get(2))))
-        })
-        .collect()
+    cached::query(
+        transaction,
+        "SELECT body_hash, first_at, seq FROM dedup WHERE body_hash = ANY($1)",
+        &[&copies],
+    )
+    .await
+    .map_err(database("reading the first copies of duplicates"))?
+    .iter()
+    .map(|row| {
+        let hash: Vec<u8> = row.get(0);
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| StoreError::Damaged("a stored body hash is not 32 bytes".into()))?;
+        Ok((hash, EventId::from_parts(Millis(row.get(1)), row.get(2))))
+    })
+    .collect()
 }
 
 /// Stores an event the store raised itself (not subject to the duplicate rule).
@@ -297,19 +293,19 @@ pub(super) async fn insert_internal(
 ) -> Result<(), StoreError> {
     let seq = next_seqs(transaction, 1).await?[0];
     let id = EventId::from_parts(event.received_at, seq).to_string();
-    transaction
-        .execute(
-            "INSERT INTO events (seq, id, received_at, path, notify_type, body, source)
+    cached::execute(
+        transaction,
+        "INSERT INTO events (seq, id, received_at, path, notify_type, body, source)
              VALUES ($1, $2, $3, '', $4, $5, 'internal')",
-            &[
-                &seq,
-                &id,
-                &event.received_at.0,
-                &event.notify_type,
-                &event.body,
-            ],
-        )
-        .await
-        .map_err(database("raising an internal event"))?;
+        &[
+            &seq,
+            &id,
+            &event.received_at.0,
+            &event.notify_type,
+            &event.body,
+        ],
+    )
+    .await
+    .map_err(database("raising an internal event"))?;
     Ok(())
 }

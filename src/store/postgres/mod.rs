@@ -6,6 +6,7 @@
 //! runtime of its own that drives the connections, and each call waits for its own work.
 //! The files below hold the statements by stage, as for SQLite.
 
+mod cached;
 mod campaigns;
 mod claims;
 mod delivery;
@@ -21,8 +22,9 @@ mod target;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::NoTls;
 use ulid::{Generator, Ulid};
 
 use super::{
@@ -174,8 +176,7 @@ impl PgStore {
     fn describe_server(&self) -> Result<String, StoreError> {
         let target = self.target.to_string();
         self.in_transaction(Durability::Claim, async |transaction| {
-            let row = transaction
-                .query_one(
+            let row = cached::query_one(transaction,
                     "SELECT current_setting('server_version_num')::INTEGER,
                      current_setting('server_version'), current_schema(),
                      has_schema_privilege(current_schema(), 'CREATE')",
@@ -196,8 +197,7 @@ impl PgStore {
                      GRANT CREATE ON SCHEMA {schema} to it"
                 )));
             }
-            transaction
-                .execute("CREATE TEMPORARY TABLE doctor_probe (x INTEGER) ON COMMIT DROP", &[])
+            cached::execute(transaction, "CREATE TEMPORARY TABLE doctor_probe (x INTEGER) ON COMMIT DROP", &[])
                 .await
                 .map_err(database("writing a probe table"))?;
             Ok(format!(
@@ -273,11 +273,6 @@ fn pool_error_reason(error: deadpool_postgres::PoolError) -> String {
         },
         other => other.to_string(),
     }
-}
-
-/// The connection under the pool's wrapper, for code that takes any client.
-fn plain(client: &Object) -> &tokio_postgres::Client {
-    client
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use deadpool_postgres::Transaction;
 use futures_util::{StreamExt, stream};
-use tokio_postgres::{AsyncMessage, NoTls, Transaction};
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{PgStore, database};
 use crate::store::{Signals, StoreError};

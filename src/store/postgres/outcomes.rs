@@ -9,10 +9,12 @@
 
 use std::collections::HashMap;
 
+use deadpool_postgres::{GenericClient, Transaction};
+use futures_util::future::try_join_all;
 use sha2::{Digest, Sha256};
-use tokio_postgres::{GenericClient, Transaction};
 
-use super::{PgStore, database, plain};
+use super::cached;
+use super::{PgStore, database};
 use crate::action::Action;
 use crate::model::Millis;
 use crate::model::state::{CommittedValue, StateChanges, StateError, StateKey, StateView};
@@ -30,19 +32,33 @@ impl PgStore {
         lock_keys(transaction, &keys).await?;
         let committed = Snapshot::read(transaction, &keys).await?;
         check_reads(batch.changes, &committed)?;
-        for outcome in batch.outcomes {
-            record_event_outcome(transaction, outcome, now).await?;
-            for action in &outcome.actions {
-                insert_action(
-                    transaction,
-                    &self.next_id().to_string(),
-                    outcome,
-                    action,
-                    now,
-                )
-                .await?;
-            }
-        }
+        // Pipelined: the statements go out together and their answers come back together.
+        let ids: Vec<Vec<String>> = batch
+            .outcomes
+            .iter()
+            .map(|outcome| {
+                outcome
+                    .actions
+                    .iter()
+                    .map(|_| self.next_id().to_string())
+                    .collect()
+            })
+            .collect();
+        try_join_all(
+            batch
+                .outcomes
+                .iter()
+                .map(|outcome| record_event_outcome(transaction, outcome, now)),
+        )
+        .await?;
+        try_join_all(batch.outcomes.iter().zip(&ids).flat_map(|(outcome, ids)| {
+            outcome
+                .actions
+                .iter()
+                .zip(ids)
+                .map(move |(action, id)| insert_action(transaction, id, outcome, action, now))
+        }))
+        .await?;
         apply_state_changes(transaction, batch.changes, now).await?;
         super::digests::add_items(transaction, batch.changes).await
     }
@@ -91,12 +107,14 @@ async fn lock_keys(transaction: &Transaction<'_>, keys: &[StateKey]) -> Result<(
     }
     let mut ids: Vec<i64> = keys.iter().map(lock_id).collect();
     ids.dedup();
-    for id in ids {
-        transaction
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&id])
-            .await
-            .map_err(database("locking script state"))?;
-    }
+    // One statement, taking the locks in the array's (sorted) order.
+    cached::query_one(
+        transaction,
+        "SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::BIGINT[]) AS id",
+        &[&ids],
+    )
+    .await
+    .map_err(database("locking script state"))?;
     Ok(())
 }
 
@@ -108,14 +126,10 @@ impl Snapshot {
         transaction: &Transaction<'_>,
         keys: &[StateKey],
     ) -> Result<Snapshot, StoreError> {
-        let mut values = HashMap::with_capacity(keys.len());
-        for key in keys {
-            let value = read_key(transaction, key)
-                .await
-                .map_err(database("reading script state"))?;
-            values.insert(key.clone(), value);
-        }
-        Ok(Snapshot(values))
+        let values = try_join_all(keys.iter().map(|key| read_key(transaction, key)))
+            .await
+            .map_err(database("reading script state"))?;
+        Ok(Snapshot(keys.iter().cloned().zip(values).collect()))
     }
 
     fn get(&self, key: StateKey) -> Result<Option<CommittedValue>, StateError> {
@@ -154,32 +168,32 @@ async fn read_key(
 ) -> Result<Option<CommittedValue>, tokio_postgres::Error> {
     let row = match key {
         StateKey::Seen(key) => {
-            client
-                .query_opt(
-                    "SELECT 0::BIGINT, recorded_at FROM seen WHERE key = $1",
-                    &[key],
-                )
-                .await?
+            cached::query_opt(
+                client,
+                "SELECT 0::BIGINT, recorded_at FROM seen WHERE key = $1",
+                &[key],
+            )
+            .await?
         }
         StateKey::Counter(key) => {
-            client
-                .query_opt(
-                    "SELECT value, window_start FROM counters WHERE key = $1",
-                    &[key],
-                )
-                .await?
+            cached::query_opt(
+                client,
+                "SELECT value, window_start FROM counters WHERE key = $1",
+                &[key],
+            )
+            .await?
         }
         StateKey::Budget {
             device_id,
             target_version,
         } => {
-            client
-                .query_opt(
-                    "SELECT retries, window_start FROM upgrade_budget
+            cached::query_opt(
+                client,
+                "SELECT retries, window_start FROM upgrade_budget
                      WHERE device_id = $1 AND target_version = $2",
-                    &[device_id, target_version],
-                )
-                .await?
+                &[device_id, target_version],
+            )
+            .await?
         }
     };
     Ok(row.map(|row| (row.get(0), Millis(row.get(1)))))
@@ -197,30 +211,30 @@ async fn record_event_outcome(
     let updated = match outcome.replayed_from {
         None => {
             let claim = outcome.claimed_by.as_ref().map(|by| by.as_str());
-            transaction
-                .execute(
-                    "UPDATE events SET status = $2, error = $3, handled_at = $4,
+            cached::execute(
+                transaction,
+                "UPDATE events SET status = $2, error = $3, handled_at = $4,
                      plugins = $5::TEXT::JSONB, claimed_by = NULL, lease_until = NULL
                      WHERE seq = $1 AND status = 'pending'
                      AND ($6::TEXT IS NULL OR claimed_by = $6)",
-                    &[
-                        &seq,
-                        &outcome.status.as_str(),
-                        &outcome.error,
-                        &now.0,
-                        &plugins,
-                        &claim,
-                    ],
-                )
-                .await
+                &[
+                    &seq,
+                    &outcome.status.as_str(),
+                    &outcome.error,
+                    &now.0,
+                    &plugins,
+                    &claim,
+                ],
+            )
+            .await
         }
         Some(_) => {
-            transaction
-                .execute(
-                    "UPDATE events SET plugins = plugins || $2::TEXT::JSONB WHERE seq = $1",
-                    &[&seq, &plugins],
-                )
-                .await
+            cached::execute(
+                transaction,
+                "UPDATE events SET plugins = plugins || $2::TEXT::JSONB WHERE seq = $1",
+                &[&seq, &plugins],
+            )
+            .await
         }
     };
     match updated.map_err(database("recording an event's outcome"))? {
@@ -237,24 +251,24 @@ async fn insert_action(
     now: Millis,
 ) -> Result<(), StoreError> {
     let payload = serde_json::to_string(action).expect("actions serialise to JSON");
-    transaction
-        .execute(
-            "INSERT INTO actions (id, event_id, plugin, kind, destination, payload, idempotency_key,
+    cached::execute(
+        transaction,
+        "INSERT INTO actions (id, event_id, plugin, kind, destination, payload, idempotency_key,
              created_at, status, due_at, replayed_from)
              VALUES ($1, $2, $3, $4, $5, $6, $1, $7, 'pending', $7, $8)",
-            &[
-                &id,
-                &outcome.event_id.to_string(),
-                &action.plugin,
-                &action.kind(),
-                &action.destination().to_string(),
-                &payload,
-                &now.0,
-                &outcome.replayed_from.map(|from| from.to_string()),
-            ],
-        )
-        .await
-        .map_err(database("queueing an action"))?;
+        &[
+            &id,
+            &outcome.event_id.to_string(),
+            &action.plugin,
+            &action.kind(),
+            &action.destination().to_string(),
+            &payload,
+            &now.0,
+            &outcome.replayed_from.map(|from| from.to_string()),
+        ],
+    )
+    .await
+    .map_err(database("queueing an action"))?;
     Ok(())
 }
 
@@ -265,22 +279,22 @@ async fn apply_state_changes(
     now: Millis,
 ) -> Result<(), StoreError> {
     for (key, record) in &changes.seen {
-        transaction
-            .execute(
-                "INSERT INTO seen (key, recorded_at, expires_at) VALUES ($1, $2, $3)
+        cached::execute(
+            transaction,
+            "INSERT INTO seen (key, recorded_at, expires_at) VALUES ($1, $2, $3)
                  ON CONFLICT (key) DO UPDATE SET recorded_at = EXCLUDED.recorded_at,
                  expires_at = EXCLUDED.expires_at",
-                &[key, &record.recorded_at.0, &record.expires_at.0],
-            )
-            .await
-            .map_err(database("recording seen keys"))?;
+            &[key, &record.recorded_at.0, &record.expires_at.0],
+        )
+        .await
+        .map_err(database("recording seen keys"))?;
     }
     for (key, count) in &changes.counts {
         let start = count.new_window.unwrap_or(now);
         let expires = start.0.saturating_add(count.window.as_millis() as i64);
-        transaction
-            .execute(
-                "INSERT INTO counters AS c (key, value, window_start, expires_at)
+        cached::execute(
+            transaction,
+            "INSERT INTO counters AS c (key, value, window_start, expires_at)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (key) DO UPDATE SET
                  value = CASE WHEN $5 OR c.expires_at <= $6 THEN EXCLUDED.value
@@ -289,37 +303,37 @@ async fn apply_state_changes(
                                      ELSE c.window_start END,
                  expires_at = CASE WHEN $5 OR c.expires_at <= $6 THEN EXCLUDED.expires_at
                                    ELSE c.expires_at END",
-                &[
-                    key,
-                    &count.delta,
-                    &start.0,
-                    &expires,
-                    &count.new_window.is_some(),
-                    &now.0,
-                ],
-            )
-            .await
-            .map_err(database("recording counters"))?;
+            &[
+                key,
+                &count.delta,
+                &start.0,
+                &expires,
+                &count.new_window.is_some(),
+                &now.0,
+            ],
+        )
+        .await
+        .map_err(database("recording counters"))?;
     }
     for ((device_id, version), budget) in &changes.budgets {
         let start = budget.new_window.unwrap_or(now);
-        transaction
-            .execute(
-                "INSERT INTO upgrade_budget AS b (device_id, target_version, retries, window_start)
+        cached::execute(
+            transaction,
+            "INSERT INTO upgrade_budget AS b (device_id, target_version, retries, window_start)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (device_id, target_version) DO UPDATE SET
                  retries = CASE WHEN $5 THEN EXCLUDED.retries ELSE b.retries + EXCLUDED.retries END,
                  window_start = CASE WHEN $5 THEN EXCLUDED.window_start ELSE b.window_start END",
-                &[
-                    device_id,
-                    version,
-                    &budget.delta,
-                    &start.0,
-                    &budget.new_window.is_some(),
-                ],
-            )
-            .await
-            .map_err(database("recording the upgrade budget"))?;
+            &[
+                device_id,
+                version,
+                &budget.delta,
+                &start.0,
+                &budget.new_window.is_some(),
+            ],
+        )
+        .await
+        .map_err(database("recording the upgrade budget"))?;
     }
     Ok(())
 }
@@ -349,7 +363,7 @@ impl StateView for PgStore {
 impl PgStore {
     fn read_state(&self, key: StateKey) -> Result<Option<CommittedValue>, StateError> {
         self.with_client(async |client| {
-            read_key(plain(client), &key)
+            read_key(&*client, &key)
                 .await
                 .map_err(database("reading script state"))
         })

@@ -2,8 +2,9 @@
 
 use tokio_postgres::Row;
 
+use super::cached;
 use super::delivery::{attempts_of, parse_destination};
-use super::{PgStore, database, plain, received_at_of};
+use super::{PgStore, database, received_at_of};
 use crate::model::{EventId, Millis};
 use crate::store::{ActionRecord, EventDetail, EventFilter, EventSummary, StoreError, StoredEvent};
 
@@ -24,38 +25,38 @@ impl PgStore {
         let status = filter.status.map(|s| s.as_str());
         let limit = i64::from(filter.limit);
         self.with_client(async |client| {
-            client
-                .query(
-                    &format!(
-                        "SELECT {SUMMARY_COLUMNS} FROM events e
+            cached::query(
+                &*client,
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM events e
                          WHERE ($1::TEXT IS NULL OR e.status = $1)
                          AND ($2::TEXT IS NULL OR e.notify_type = $2)
                          AND ($3::TEXT IS NULL OR e.device_id = $3)
                          ORDER BY e.seq DESC LIMIT $4"
-                    ),
-                    &[&status, &filter.notify_type, &filter.device_id, &limit],
-                )
-                .await
-                .map_err(database("listing events"))?
-                .iter()
-                .map(summary)
-                .collect()
+                ),
+                &[&status, &filter.notify_type, &filter.device_id, &limit],
+            )
+            .await
+            .map_err(database("listing events"))?
+            .iter()
+            .map(summary)
+            .collect()
         })
     }
 
     pub(super) fn query_event(&self, id: EventId) -> Result<Option<EventDetail>, StoreError> {
         self.with_client(async |client| {
-            let Some(row) = client
-                .query_opt(
-                    &format!(
-                        "SELECT {SUMMARY_COLUMNS}, e.path, e.remote_addr, e.body,
+            let Some(row) = cached::query_opt(
+                &*client,
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS}, e.path, e.remote_addr, e.body,
                          e.plugins::TEXT AS plugins FROM events e
                          WHERE e.seq = $1 AND e.received_at = $2"
-                    ),
-                    &[&id.seq(), &received_at_of(id)],
-                )
-                .await
-                .map_err(database("reading an event"))?
+                ),
+                &[&id.seq(), &received_at_of(id)],
+            )
+            .await
+            .map_err(database("reading an event"))?
             else {
                 return Ok(None);
             };
@@ -65,20 +66,20 @@ impl PgStore {
             let plugin_runs = serde_json::from_str(row.get("plugins")).map_err(|_| {
                 StoreError::Damaged(format!("event {id} has plugin runs that are not JSON"))
             })?;
-            let mut actions = client
-                .query(
-                    "SELECT id, plugin, kind, destination, status, attempts, last_error, result,
+            let mut actions = cached::query(
+                &*client,
+                "SELECT id, plugin, kind, destination, status, attempts, last_error, result,
                      created_at, sent_at, replayed_from, payload FROM actions WHERE event_id = $1
                      ORDER BY created_at, id",
-                    &[&id.to_string()],
-                )
-                .await
-                .map_err(database("reading actions"))?
-                .iter()
-                .map(action_record)
-                .collect::<Result<Vec<_>, _>>()?;
+                &[&id.to_string()],
+            )
+            .await
+            .map_err(database("reading actions"))?
+            .iter()
+            .map(action_record)
+            .collect::<Result<Vec<_>, _>>()?;
             for action in &mut actions {
-                action.attempt_log = attempts_of(plain(client), &action.id).await?;
+                action.attempt_log = attempts_of(&*client, &action.id).await?;
             }
             Ok(Some(EventDetail {
                 summary: summary(&row)?,
@@ -93,18 +94,16 @@ impl PgStore {
 
     pub(super) fn read_stored(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
         self.with_client(async |client| {
-            client
-                .query_opt(
-                    &format!(
-                        "SELECT {STORED_COLUMNS} FROM events WHERE seq = $1 AND received_at = $2"
-                    ),
-                    &[&id.seq(), &received_at_of(id)],
-                )
-                .await
-                .map_err(database("reading an event"))?
-                .as_ref()
-                .map(stored_event)
-                .transpose()
+            cached::query_opt(
+                &*client,
+                &format!("SELECT {STORED_COLUMNS} FROM events WHERE seq = $1 AND received_at = $2"),
+                &[&id.seq(), &received_at_of(id)],
+            )
+            .await
+            .map_err(database("reading an event"))?
+            .as_ref()
+            .map(stored_event)
+            .transpose()
         })
     }
 }
