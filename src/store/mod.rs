@@ -514,6 +514,14 @@ pub trait Store: StateView + Send + Sync + 'static {
     /// Drops a dead letter (kept as `dropped` for the event's story). False if there is none.
     fn drop_dead(&self, id: &str) -> Result<bool, StoreError>;
 
+    /// True for a backend where writers in several threads commit at once without waiting
+    /// for each other (a database server): the [`Intake`] then lets script outcomes and
+    /// delivery results be written by their callers. An embedded store with one write lock
+    /// says false, and every write goes through the one writer's group commit.
+    fn takes_concurrent_writers(&self) -> bool {
+        false
+    }
+
     /// Stores what one writer round gathered. Each part is all or nothing on its own, as with
     /// [`Store::append`], [`Store::record_outcomes`] and [`Store::record_deliveries`]; a
     /// backend that can should commit a group in one durable transaction, so that a round

@@ -374,6 +374,10 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn takes_concurrent_writers(&self) -> bool {
+        true
+    }
+
     fn watch_others(&self, signals: &super::Signals) {
         self.listen(signals.clone());
     }
