@@ -110,6 +110,7 @@ pub async fn serve_with_store(
         signals.clone(),
     )
     .map_err(ServeError::Thread)?;
+    store.watch_others(&signals);
     // Before anything claims: what a stopped server of this store left claimed goes at once.
     if let Err(error) = store.release_stale_claims() {
         tracing::warn!(%error, "cannot release a stopped server's claims; they end with their lease");

@@ -384,3 +384,44 @@ guard_fail_rate = 0.5
     );
     assert_eq!(smtp.mails().len(), 1);
 }
+
+#[test]
+fn a_storm_split_across_two_instances_on_postgresql_is_summarised_once_per_channel() {
+    let Some(database) = common::pg::TestDatabase::create() else {
+        return;
+    };
+    let (chat, smtp) = (HttpSink::start(), SmtpSink::start());
+    let store = format!("\n[store]\nurl = \"{}\"\n", database.url);
+    let config = shipped_config(&chat, &smtp, "6s", &store);
+    let servers = std::thread::scope(|scope| {
+        let started = [
+            scope.spawn(|| TestServer::start(&config)),
+            scope.spawn(|| TestServer::start(&config)),
+        ];
+        started.map(|server| server.join().expect("an instance starts"))
+    });
+    in_parallel(8, 25, |thread, n| {
+        let body = fail_with_code(&format!("dev-{thread}-{n}"), "7");
+        servers[(thread + n) % 2]
+            .post_json(RECEIVER, &body.to_string())
+            .accepted();
+    });
+    wait_for_summaries(&servers[0], &chat, &smtp, 1);
+    servers.iter().for_each(TestServer::wait_until_processed);
+    let texts = chat_texts(&chat);
+    assert_eq!(single_alerts(&texts), 5, "{texts:#?}");
+    let chat_summaries = summaries(&texts);
+    assert_eq!(chat_summaries.len(), 1, "{texts:#?}");
+    assert!(
+        chat_summaries[0].contains("195 more"),
+        "{}",
+        chat_summaries[0]
+    );
+    let mailed = subjects(&smtp);
+    let storms = mailed.iter().filter(|s| s.contains("storm")).count();
+    let guards = mailed
+        .iter()
+        .filter(|s| s.contains("tripped the guard"))
+        .count();
+    assert_eq!((storms, guards), (1, 1), "{mailed:#?}");
+}

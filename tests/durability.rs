@@ -3,86 +3,15 @@
 
 mod common;
 
+use common::load::Load;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{
-    RECEIVER, SETTLE_TIMEOUT, TestServer, fixtures, http_client, in_parallel, wait_until,
-};
+use common::{RECEIVER, SETTLE_TIMEOUT, TestServer, fixtures, in_parallel, wait_until};
 use serde_json::Value;
-
-/// Threads posting distinct notifications until stopped or until the server stops answering;
-/// they record the id of every notification answered 200 `accepted`.
-struct Load {
-    stop: Arc<AtomicBool>,
-    accepted: Arc<Mutex<Vec<String>>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(server: &TestServer, threads: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..threads)
-            .map(|thread| {
-                let (stop, accepted) = (Arc::clone(&stop), Arc::clone(&accepted));
-                let url = server.url(RECEIVER);
-                std::thread::spawn(move || {
-                    let client = http_client();
-                    for n in 0.. {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let body = fixtures::sw_fail(&format!("load-{thread}-{n}"));
-                        // An error means the server is gone; an answer that is not `accepted`
-                        // promises nothing, so it is not recorded.
-                        let Ok(response) = client.post(&url).json(&body).send() else {
-                            break;
-                        };
-                        if response.status() != 200 {
-                            continue;
-                        }
-                        let Ok(answer) = response.json::<Value>() else {
-                            continue;
-                        };
-                        if answer["status"] == "accepted" {
-                            let id = answer["id"].as_str().expect("ids are strings").to_owned();
-                            accepted.lock().expect("not poisoned").push(id);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            accepted,
-            threads,
-        }
-    }
-
-    fn accepted_so_far(&self) -> usize {
-        self.accepted.lock().expect("not poisoned").len()
-    }
-
-    /// Stops the threads and returns the ids answered `accepted`.
-    fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads {
-            thread.join().expect("a load thread does not panic");
-        }
-        let accepted = self.accepted.lock().expect("not poisoned");
-        assert!(
-            !accepted.is_empty(),
-            "the load got no notification accepted"
-        );
-        accepted.clone()
-    }
-}
 
 /// Asserts that `events list` shows every id in `expected`.
 fn assert_all_listed(server: &TestServer, expected: &[String]) {
@@ -123,7 +52,7 @@ fn every_accepted_notification_survives_kill_9() {
 #[test]
 fn notifications_accepted_before_a_kill_9_under_load_survive_it() {
     let mut server = TestServer::start("");
-    let load = Load::start(&server, 4);
+    let load = Load::start(&[server.url(RECEIVER)], 4, "load");
     let busy = wait_until(Duration::from_secs(30), || load.accepted_so_far() >= 200);
     assert!(
         busy,
@@ -234,7 +163,7 @@ fn accepted_id(status: u16, answer: &Value) -> String {
 #[test]
 fn sigterm_finishes_in_flight_requests_and_exits_0() {
     let mut server = TestServer::start("");
-    let load = Load::start(&server, 3);
+    let load = Load::start(&[server.url(RECEIVER)], 3, "load");
     let busy = wait_until(Duration::from_secs(30), || load.accepted_so_far() >= 50);
     assert!(
         busy,

@@ -924,3 +924,59 @@ async fn an_instance_never_logs_in_while_another_holds_the_renewal_lock() {
     let last = fake.requests_to(Route::CreateSoftware).pop().unwrap();
     assert_eq!(bearer(&last), format!("Bearer {issued}"));
 }
+
+/// Two instances on one PostgreSQL database, both retrying every failure at `fake`.
+fn start_two_on_postgres(
+    fake: &FakePlatform,
+    database: &common::pg::TestDatabase,
+) -> [TestServer; 2] {
+    let config = format!(
+        "{FAST}[store]\nurl = \"{}\"\n{}",
+        database.url,
+        fake.config("max_upgrade_retries = 3\n")
+    );
+    std::thread::scope(|scope| {
+        let start = || TestServer::start_with_plugins(&config, &[("retry.rhai", RETRY_ALL)]);
+        [scope.spawn(start), scope.spawn(start)]
+            .map(|started| started.join().expect("an instance starts"))
+    })
+}
+
+#[test]
+fn two_instances_on_postgresql_share_the_budget_the_token_and_each_task() {
+    let Some(database) = common::pg::TestDatabase::create() else {
+        return;
+    };
+    let fake = FakePlatform::start();
+    let servers = start_two_on_postgres(&fake, &database);
+    // 50 failures of one device, split across both: the budget holds across instances.
+    in_parallel(10, 5, |thread, n| {
+        servers[(thread + n) % 2].post_accepted(&sw_fail("dev-storm", &format!("sub-{thread}-{n}")))
+    });
+    // 20 devices failing at once, split across both: one task each.
+    in_parallel(4, 5, |thread, n| {
+        servers[(thread + n) % 2].post_accepted(&sw_fail(&format!("dev-{thread}-{n}"), "s1"))
+    });
+    servers.iter().for_each(TestServer::wait_until_processed);
+    wait_for_tasks(&fake, &servers[0], 23);
+    let tasks = fake.tasks();
+    let storm = tasks
+        .iter()
+        .filter(|task| task.devices == ["dev-storm"])
+        .count();
+    assert_eq!(storm, 3, "the budget of 3 held across instances: {tasks:?}");
+    let devices: std::collections::BTreeSet<&String> =
+        tasks.iter().flat_map(|task| &task.devices).collect();
+    assert_eq!(
+        devices.len(),
+        21,
+        "each device's task created once: {tasks:?}"
+    );
+    assert_eq!(
+        fake.count(Route::Login),
+        1,
+        "one login shared by both instances; logs:\n{}\n{}",
+        servers[0].logs(),
+        servers[1].logs()
+    );
+}

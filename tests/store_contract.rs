@@ -1,7 +1,10 @@
-//! The store contract (tests/store_contract/cases.rs) on the embedded SQLite store.
+//! The store contract (tests/store_contract/cases.rs) on every backend: the embedded SQLite
+//! store, and PostgreSQL (a database of its own per case; see tests/common/pg.rs).
 
 #[path = "store_contract/cases.rs"]
 mod cases;
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::path::Path;
 
@@ -22,14 +25,40 @@ fn sqlite() -> Backend {
     }
 }
 
+fn postgres() -> Option<Backend> {
+    let database = pg::TestDatabase::create()?;
+    let text = format!(
+        "[store]\nurl = \"{}\"\nlease = \"{LEASE_MS}ms\"\npool_size = 8\n",
+        database.url
+    );
+    let config = Config::parse(&text, Path::new("test.toml"), Vec::new()).unwrap();
+    Some(Backend {
+        store: store::open(&config.store, Opener::Server).unwrap(),
+        _keep: Box::new(database),
+    })
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                cases::$case(sqlite());
-            }
-        )*
+        mod on_sqlite {
+            $(
+                #[test]
+                fn $case() {
+                    super::cases::$case(super::sqlite());
+                }
+            )*
+        }
+
+        mod on_postgres {
+            $(
+                #[test]
+                fn $case() {
+                    if let Some(backend) = super::postgres() {
+                        super::cases::$case(backend);
+                    }
+                }
+            )*
+        }
     };
 }
 

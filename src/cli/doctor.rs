@@ -106,13 +106,10 @@ fn store(config: &Config, _: &Runtime) -> Vec<Report> {
         Err(StoreError::Missing { .. }) => Ok(format!(
             "{path} does not exist yet; `notirouter serve` creates it"
         )),
+        // PostgreSQL's errors name the database already; a file's do not.
+        Err(error) if config.store.postgres.is_some() => Err(error.to_string()),
         Err(error) => Err(format!("{path}: {error}")),
-        Ok(store) => match store.probe() {
-            Ok(()) => Ok(format!(
-                "{path} opens, uses the WAL journal and takes writes"
-            )),
-            Err(error) => Err(format!("{path} opens but cannot be written: {error}")),
-        },
+        Ok(store) => store.describe().map_err(|error| error.to_string()),
     };
     vec![Report::from_result("store", result)]
 }

@@ -109,12 +109,22 @@ pub struct LogConfig {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// The SQLite file, used unless `postgres` is set.
     pub path: PathBuf,
+    /// The PostgreSQL database that several instances share, when `store.url` is set.
+    pub postgres: Option<PostgresConfig>,
     pub dedup_window: Duration,
     pub retention: Duration,
     pub rejected_max_count: u64,
     pub rejected_max_bytes: usize,
     pub lease: Duration,
+}
+
+/// `store.url` and `store.pool_size`. The URL's `Debug` hides its password.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub url: tokio_postgres::Config,
+    pub pool_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -263,7 +273,8 @@ fn server_from_raw(raw: RawServer) -> Result<ServerConfig, ConfigError> {
 }
 
 fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
-    if raw.path.as_os_str().is_empty() {
+    let postgres = postgres_from_raw(&raw.url, raw.pool_size)?;
+    if postgres.is_none() && raw.path.as_os_str().is_empty() {
         return Err(ConfigError::invalid(
             "store.path",
             "must name a database file",
@@ -271,12 +282,39 @@ fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
     }
     Ok(StoreConfig {
         path: raw.path,
+        postgres,
         dedup_window: raw.dedup_window,
         retention: raw.retention,
         rejected_max_count: raw.rejected_max_count,
         rejected_max_bytes: raw.rejected_max_bytes,
         lease: raw.lease,
     })
+}
+
+/// The PostgreSQL store, if `url` is set. Messages never repeat the URL: it holds a password.
+fn postgres_from_raw(url: &str, pool_size: usize) -> Result<Option<PostgresConfig>, ConfigError> {
+    if url.trim().is_empty() {
+        return Ok(None);
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::invalid(
+            "store.url",
+            "must be a PostgreSQL URL such as postgres://user:password@host:5432/database",
+        ));
+    }
+    let url = url.parse::<tokio_postgres::Config>().map_err(|error| {
+        ConfigError::invalid(
+            "store.url",
+            format!("is not a valid PostgreSQL URL ({error}); the form is postgres://user:password@host:5432/database"),
+        )
+    })?;
+    if pool_size == 0 {
+        return Err(ConfigError::invalid(
+            "store.pool_size",
+            "must be at least 1 (connections per instance)",
+        ));
+    }
+    Ok(Some(PostgresConfig { url, pool_size }))
 }
 
 /// What a claimed action's lease must outlast beyond `delivery.timeout`: the 1 s a send's
@@ -421,6 +459,38 @@ mod tests {
             text.starts_with("test.toml:3:1: unknown field `lisen`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_url_selects_postgresql_and_its_errors_never_repeat_it() {
+        assert!(parse("").unwrap().store.postgres.is_none());
+        let url = "postgres://app:pw-secret@db.example.com:6543/fleet";
+        let config = parse(&format!("[store]\nurl = \"{url}\"\npool_size = 4")).unwrap();
+        let postgres = config.store.postgres.expect("a url selects PostgreSQL");
+        assert_eq!(postgres.pool_size, 4);
+        assert_eq!(postgres.url.get_dbname(), Some("fleet"));
+        assert!(!format!("{postgres:?}").contains("pw-secret"));
+        let from_env = parse_env("", &[("NOTIROUTER__STORE__URL", url)]).unwrap();
+        assert!(from_env.store.postgres.is_some());
+
+        for (text, expected) in [
+            (
+                "url = \"mysql://app:pw-secret@db/x\"",
+                "store.url: must be a PostgreSQL URL",
+            ),
+            (
+                "url = \"postgres://app:pw-secret@db:port/x\"",
+                "store.url: is not a valid PostgreSQL URL",
+            ),
+            (
+                "url = \"postgres://db/x\"\npool_size = 0",
+                "store.pool_size: must be at least 1",
+            ),
+        ] {
+            let error = parse(&format!("[store]\n{text}")).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(!error.contains("pw-secret"), "{error}");
+        }
     }
 
     #[test]

@@ -266,6 +266,10 @@ impl Default for RawLog {
 pub(super) struct RawStore {
     /// The SQLite database file; its folder is created when missing.
     pub path: PathBuf,
+    /// A PostgreSQL URL; when set, the store is that database and `path` is not used.
+    pub url: String,
+    /// PostgreSQL connections per instance. Default 16.
+    pub pool_size: usize,
     /// A copy of a body stored less than this after the first is a duplicate. Default 1 h; it
     /// should exceed the platform's 10-minute re-push window.
     #[serde(with = "humantime_serde")]
@@ -286,6 +290,8 @@ impl Default for RawStore {
     fn default() -> Self {
         RawStore {
             path: PathBuf::from("data/notirouter.db"),
+            url: String::new(),
+            pool_size: 16,
             dedup_window: Duration::from_secs(3600),
             retention: Duration::from_secs(30 * 24 * 3600),
             rejected_max_count: 10_000,

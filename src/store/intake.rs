@@ -79,6 +79,10 @@ struct Outcomes {
 #[derive(Clone)]
 pub struct Intake {
     jobs: mpsc::Sender<Job>,
+    /// Set for a store that takes concurrent writers (a database server): script outcomes and
+    /// delivery results are then written by their callers, beside the receiver's batches,
+    /// instead of waiting in line for the one writer.
+    direct: Option<(Arc<dyn Store>, Signals)>,
     /// Set by every sender as well as by the writer, so that it keeps counting while the
     /// writer is stuck in a commit: that is when an operator needs it.
     queue_depth: Gauge,
@@ -100,6 +104,9 @@ impl Intake {
     ) -> std::io::Result<(Intake, IntakeWriter)> {
         let (jobs, queue) = mpsc::channel(capacity);
         let queue_depth = metrics.queue_depth.clone();
+        let direct = store
+            .takes_concurrent_writers()
+            .then(|| (Arc::clone(&store), signals.clone()));
         let writer = Writer {
             store,
             metrics,
@@ -108,7 +115,12 @@ impl Intake {
         let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
             .spawn(move || writer.run(queue))?;
-        Ok((Intake { jobs, queue_depth }, IntakeWriter { thread }))
+        let intake = Intake {
+            jobs,
+            direct,
+            queue_depth,
+        };
+        Ok((intake, IntakeWriter { thread }))
     }
 
     /// Stores `event` and returns once it is durable (or a duplicate of a durable event).
@@ -155,6 +167,15 @@ impl Intake {
         outcomes: Vec<EventOutcome>,
         changes: StateChanges,
     ) -> Result<usize, IntakeError> {
+        if let Some((store, signals)) = &self.direct {
+            store
+                .record_outcomes(&outcomes, &changes, Millis::now())
+                .map_err(|e| IntakeError::Store(Arc::new(e)))?;
+            if outcomes.iter().any(|o| !o.actions.is_empty()) {
+                signals.actions.notify_one();
+            }
+            return Ok(outcomes.len());
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job::Outcomes(Box::new(Outcomes { outcomes, changes }), reply);
         self.jobs
@@ -166,8 +187,21 @@ impl Intake {
 
     /// Records delivery results; returns once they are durable.
     pub async fn record_deliveries(&self, updates: Vec<DeliveryUpdate>) -> Result<(), IntakeError> {
-        self.request(|reply| Job::Deliveries(updates, reply))
-            .await?
+        let Some((store, signals)) = self.direct.clone() else {
+            return self
+                .request(|reply| Job::Deliveries(updates, reply))
+                .await?;
+        };
+        let recorded =
+            tokio::task::spawn_blocking(move || store.record_deliveries(&updates, Millis::now()))
+                .await
+                .map_err(|_| IntakeError::Store(Arc::new(StoreError::ReadPanicked)))?;
+        match recorded {
+            Ok(raised) if raised > 0 => signals.events.notify(),
+            Ok(_) => {}
+            Err(error) => return Err(IntakeError::Store(Arc::new(error))),
+        }
+        Ok(())
     }
 
     async fn request<T>(

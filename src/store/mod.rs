@@ -10,6 +10,7 @@ mod claim;
 mod intake;
 mod open;
 mod platform_state;
+pub mod postgres;
 pub mod rules;
 pub mod sqlite;
 mod wakeup;
@@ -26,6 +27,7 @@ pub use claim::{ActionClaim, Claimer};
 pub use intake::{Intake, IntakeError, IntakeMetrics, IntakeWriter, Signals};
 pub use open::{Opener, open};
 pub use platform_state::{CallLimit, PlatformToken};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use wakeup::Wakeup;
 
@@ -48,6 +50,12 @@ pub enum StoreError {
         context: &'static str,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "cannot reach the database {target}: {reason}; check store.url and that PostgreSQL is up"
+    )]
+    Unreachable { target: String, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("stored data is damaged ({0}); restore the store from a backup")]
     Damaged(String),
     #[error(
@@ -251,6 +259,14 @@ pub enum ActionStatus {
 }
 
 impl ActionStatus {
+    pub const ALL: [ActionStatus; 5] = [
+        ActionStatus::Pending,
+        ActionStatus::Sent,
+        ActionStatus::Skipped,
+        ActionStatus::Dead,
+        ActionStatus::Dropped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ActionStatus::Pending => "pending",
@@ -273,6 +289,17 @@ impl ActionStatus {
 impl std::fmt::Display for ActionStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ActionStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ActionStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| format!("unknown action status {text:?}"))
     }
 }
 
@@ -392,6 +419,10 @@ pub trait Store: StateView + Send + Sync + 'static {
     /// Proves the store can take a write lock now.
     fn probe(&self) -> Result<(), StoreError>;
 
+    /// What the store is and that it works, in one line for `doctor`: it opens, takes writes
+    /// and has what the backend needs (a journal, a server version, permissions).
+    fn describe(&self) -> Result<String, StoreError>;
+
     /// Deletes, at most `limit` rows at a time, finished events received before `before` whose
     /// actions are all settled, and rejected bodies received before it.
     fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError>;
@@ -420,6 +451,11 @@ pub trait Store: StateView + Send + Sync + 'static {
     /// other instance holds one (an embedded store serves one instance); a shared backend
     /// leaves them to their leases. Called once as `serve` starts.
     fn release_stale_claims(&self) -> Result<(), StoreError>;
+
+    /// Wakes `signals` when another instance commits work for this one (new events, actions
+    /// due now), for a backend that several instances share; the stages poll anyway, so this
+    /// only makes them quicker. Called once as `serve` starts.
+    fn watch_others(&self, _signals: &Signals) {}
 
     /// Records outcomes, inserts their actions and applies the state changes, in one durable
     /// transaction: all of it or none of it. Fails with [`StoreError::ClaimLost`] when an
@@ -477,6 +513,14 @@ pub trait Store: StateView + Send + Sync + 'static {
 
     /// Drops a dead letter (kept as `dropped` for the event's story). False if there is none.
     fn drop_dead(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// True for a backend where writers in several threads commit at once without waiting
+    /// for each other (a database server): the [`Intake`] then lets script outcomes and
+    /// delivery results be written by their callers. An embedded store with one write lock
+    /// says false, and every write goes through the one writer's group commit.
+    fn takes_concurrent_writers(&self) -> bool {
+        false
+    }
 
     /// Stores what one writer round gathered. Each part is all or nothing on its own, as with
     /// [`Store::append`], [`Store::record_outcomes`] and [`Store::record_deliveries`]; a

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{SqliteStore, Store, StoreError};
+use super::{PgStore, SqliteStore, Store, StoreError};
 use crate::config::StoreConfig;
 
 /// Who opens the store, which decides whether a missing one is created.
@@ -16,8 +16,13 @@ pub enum Opener {
     Command,
 }
 
-/// Opens the configured store (migrating its schema).
+/// Opens the configured store (migrating its schema): PostgreSQL when `store.url` is set,
+/// else the SQLite file. A PostgreSQL database is created by its administrator, so a command
+/// opens it as `serve` does.
 pub fn open(config: &StoreConfig, opener: Opener) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(postgres) = &config.postgres {
+        return Ok(Arc::new(PgStore::open(config, postgres)?));
+    }
     let store = match opener {
         Opener::Server => SqliteStore::open(config)?,
         Opener::Command => SqliteStore::open_existing(config)?,

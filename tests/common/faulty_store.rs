@@ -129,6 +129,10 @@ impl Store for FaultyStore {
         self.inner.probe()
     }
 
+    fn describe(&self) -> Result<String, StoreError> {
+        self.inner.describe()
+    }
+
     fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError> {
         self.inner.prune(before, limit)
     }

@@ -22,6 +22,9 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod load;
+pub mod pg;
+
 /// Longest wait for a server to log its address and become ready.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for anything asynchronous the tests observe (rows written by the store writer,

@@ -2,8 +2,6 @@
 //! crash: a lost claim only makes its row claimable again. So a claim commits without waiting
 //! for the disk, and the next durable commit makes it durable along with everything before it.
 
-use std::collections::HashSet;
-
 use rusqlite::{Transaction, params};
 
 use super::delivery::{PENDING_COLUMNS, pending_row};
@@ -11,11 +9,8 @@ use super::queries::{STORED_COLUMNS, stored_row};
 use super::{SqliteStore, begin, database, execute_cached};
 use crate::destination::Destination;
 use crate::model::Millis;
+use crate::store::claim::{WindowRow, claimable};
 use crate::store::{Claimer, PendingAction, StoreError, StoredEvent};
-
-/// How many of the oldest pending events a claim looks at per event it may take: enough to
-/// find work past the devices other claimers hold, few enough to stay a short read.
-const WINDOW_PER_EVENT: usize = 4;
 
 impl SqliteStore {
     pub(super) fn claim_events_for(
@@ -34,7 +29,7 @@ impl SqliteStore {
                      WHERE events.status = 'pending' ORDER BY events.seq LIMIT ?1",
                 )
                 .and_then(|mut statement| {
-                    let rows = limit.saturating_mul(WINDOW_PER_EVENT) as i64;
+                    let rows = limit.saturating_mul(crate::store::claim::WINDOW_PER_EVENT) as i64;
                     statement
                         .query_map([rows], |row| {
                             Ok(WindowRow {
@@ -162,75 +157,5 @@ impl SqliteStore {
         execute_cached(&writer, "PRAGMA synchronous = FULL", [])
             .map_err(database("restoring synchronous = FULL after a claim"))?;
         claimed
-    }
-}
-
-/// One of the oldest pending events, as a claim weighs it.
-struct WindowRow {
-    seq: i64,
-    device_id: Option<String>,
-    claimed_by: Option<String>,
-    lease_until: Option<i64>,
-}
-
-/// The events of `window` (oldest first) that `by` may take: free ones (unclaimed, lease
-/// ended, or already its own), except those whose device has an earlier event it may not take.
-fn claimable(window: &[WindowRow], by: &str, now: Millis, limit: usize) -> Vec<i64> {
-    let mut blocked: HashSet<&str> = HashSet::new();
-    let mut chosen = Vec::new();
-    for row in window {
-        if chosen.len() == limit {
-            break;
-        }
-        let free = match (&row.claimed_by, row.lease_until) {
-            (None, _) => true,
-            (Some(holder), until) => holder == by || until.is_none_or(|until| until <= now.0),
-        };
-        match row.device_id.as_deref() {
-            Some(device) if blocked.contains(device) => {}
-            Some(device) if !free => {
-                blocked.insert(device);
-            }
-            _ if free => chosen.push(row.seq),
-            _ => {}
-        }
-    }
-    chosen
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(seq: i64, device: Option<&str>, holder: Option<(&str, i64)>) -> WindowRow {
-        WindowRow {
-            seq,
-            device_id: device.map(str::to_owned),
-            claimed_by: holder.map(|(by, _)| by.to_owned()),
-            lease_until: holder.map(|(_, until)| until),
-        }
-    }
-
-    #[test]
-    fn a_device_waits_behind_its_earlier_event_held_elsewhere() {
-        let window = [
-            row(1, Some("a"), Some(("other", 100))),
-            row(2, Some("b"), None),
-            row(3, Some("a"), None),
-            row(4, None, Some(("other", 100))),
-            row(5, None, None),
-            row(6, Some("b"), None),
-        ];
-        assert_eq!(claimable(&window, "me", Millis(50), 10), [2, 5, 6]);
-    }
-
-    #[test]
-    fn an_ended_lease_or_an_own_claim_is_free_and_the_limit_stops_the_scan() {
-        let window = [
-            row(1, Some("a"), Some(("other", 40))),
-            row(2, Some("b"), Some(("me", 100))),
-            row(3, Some("c"), None),
-        ];
-        assert_eq!(claimable(&window, "me", Millis(50), 2), [1, 2]);
     }
 }

@@ -6,14 +6,6 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use crate::destination::Destination;
 use crate::store::ActionStatus;
 
-const ALL: [ActionStatus; 5] = [
-    ActionStatus::Pending,
-    ActionStatus::Sent,
-    ActionStatus::Skipped,
-    ActionStatus::Dead,
-    ActionStatus::Dropped,
-];
-
 impl ToSql for ActionStatus {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(ToSqlOutput::from(self.as_str()))
@@ -22,10 +14,10 @@ impl ToSql for ActionStatus {
 
 impl FromSql for ActionStatus {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let text = value.as_str()?;
-        ALL.into_iter()
-            .find(|status| status.as_str() == text)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown action status {text:?}").into()))
+        value
+            .as_str()?
+            .parse()
+            .map_err(|error: String| FromSqlError::Other(error.into()))
     }
 }
 
@@ -51,7 +43,7 @@ mod tests {
     #[test]
     fn every_status_reads_back_as_written() {
         let connection = rusqlite::Connection::open_in_memory().unwrap();
-        for status in ALL {
+        for status in ActionStatus::ALL {
             let read: ActionStatus = connection
                 .query_row("SELECT ?1", [status], |row| row.get(0))
                 .unwrap();

@@ -43,6 +43,8 @@ const STATEMENT_CACHE: usize = 64;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct SqliteStore {
+    /// The database file, for messages.
+    path: std::path::PathBuf,
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     /// Action ids: monotonic within a millisecond.
@@ -107,6 +109,7 @@ impl SqliteStore {
         schema::migrate(&mut writer)?;
         let reader = open_connection(&config.path, flags)?;
         Ok(SqliteStore {
+            path: config.path.clone(),
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             ids: Mutex::new(Generator::new()),
@@ -225,6 +228,15 @@ impl Store for SqliteStore {
         begin(&mut writer)?
             .rollback()
             .map_err(database("releasing the write lock"))
+    }
+
+    /// The WAL journal is checked at every open; the probe proves the write lock.
+    fn describe(&self) -> Result<String, StoreError> {
+        self.probe()?;
+        Ok(format!(
+            "{} opens, uses the WAL journal and takes writes",
+            self.path.display()
+        ))
     }
 
     fn prune(&self, before: Millis, limit: usize) -> Result<Pruned, StoreError> {

@@ -1,0 +1,89 @@
+//! A database of its own for each PostgreSQL test, on the server that `NOTIROUTER_TEST_PG`
+//! names (default `postgres://postgres@127.0.0.1:5432/test`), dropped when the test ends. Under
+//! `CI=true` an unreachable server fails the test; elsewhere the test is skipped with one line
+//! saying why.
+
+use tokio_postgres::NoTls;
+
+const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub struct TestDatabase {
+    /// The URL of this test's database, for `store.url`.
+    pub url: String,
+    name: String,
+    server: String,
+}
+
+impl TestDatabase {
+    /// A fresh, empty database; `None` (after saying why) when there is no server to test on
+    /// outside CI.
+    pub fn create() -> Option<TestDatabase> {
+        let server = std::env::var("NOTIROUTER_TEST_PG").unwrap_or_else(|_| DEFAULT_SERVER.into());
+        let name = format!(
+            "notirouter_test_{}",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        );
+        match admin(&server, &format!("CREATE DATABASE {name}")) {
+            Ok(()) => Some(TestDatabase {
+                url: with_database(&server, &name),
+                name,
+                server,
+            }),
+            Err(error) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!(
+                    "PostgreSQL tests may not be skipped under CI=true, and {server} answers: {error}"
+                )
+            }
+            Err(error) => {
+                eprintln!(
+                    "skipped: no PostgreSQL to test on at {server} ({error}); set NOTIROUTER_TEST_PG"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let dropped = admin(
+            &self.server,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        if let Err(error) = dropped {
+            eprintln!("could not drop the test database {}: {error}", self.name);
+        }
+    }
+}
+
+/// Runs one statement on the server's own database.
+fn admin(server: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a test runtime starts");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(server, NoTls).await?;
+        let connection = tokio::spawn(connection);
+        let done = client.batch_execute(sql).await;
+        drop(client);
+        let _ = connection.await;
+        done
+    })
+}
+
+/// `server` with its database replaced by `name` (and its query string kept).
+fn with_database(server: &str, name: &str) -> String {
+    let (base, query) = server.split_once('?').unwrap_or((server, ""));
+    let authority_end = base
+        .find("://")
+        .map(|scheme| scheme + 3)
+        .and_then(|start| base[start..].find('/').map(|slash| start + slash))
+        .unwrap_or(base.len());
+    let mut url = format!("{}/{name}", &base[..authority_end]);
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
