@@ -133,14 +133,14 @@ impl PgStore {
                 .transaction()
                 .await
                 .map_err(database("starting a transaction"))?;
-            let commit = match durability {
-                Durability::Durable => "SET LOCAL synchronous_commit = on",
-                Durability::Claim => "SET LOCAL synchronous_commit = off",
-            };
-            transaction
-                .batch_execute(commit)
-                .await
-                .map_err(database("setting the commit's durability"))?;
+            // Every connection starts with `synchronous_commit = on` (see `connect_config`);
+            // a claim turns it off for its own transaction only.
+            if durability == Durability::Claim {
+                transaction
+                    .batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(database("setting the commit's durability"))?;
+            }
             let done = work(&transaction).await?;
             transaction.commit().await.map_err(database("committing"))?;
             Ok(done)
@@ -226,9 +226,16 @@ enum Durability {
 
 /// The URL's settings, with a bounded connect and keepalives, so that a vanished database is
 /// noticed rather than waited for.
+/// Every session starts with `synchronous_commit = on`, whatever the server's default: a
+/// notification is answered 200 only after its commit is flushed.
 fn connect_config(postgres: &PostgresConfig) -> tokio_postgres::Config {
     let mut connect = postgres.url.clone();
+    let options = match connect.get_options() {
+        Some(given) => format!("{given} -c synchronous_commit=on"),
+        None => "-c synchronous_commit=on".to_owned(),
+    };
     connect
+        .options(&options)
         .connect_timeout(CONNECT_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
