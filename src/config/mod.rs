@@ -14,6 +14,7 @@ mod explain;
 mod platform;
 mod raw;
 mod server;
+mod store;
 mod ui;
 
 use std::collections::BTreeMap;
@@ -25,8 +26,10 @@ pub use delivery::{ChannelConfig, DEFAULT_CHAT_DIR, DeliveryConfig, EmailConfig,
 use delivery::{channel_from_raw, delivery_from_raw, email_from_raw};
 pub use platform::{Credentials, PlatformConfig};
 pub use raw::{ChannelKind, LogFormat, Validation};
-use raw::{RawConfig, RawScripts, RawServer, RawStore};
+use raw::{RawConfig, RawScripts, RawServer};
 pub use server::{AccessConfig, Limits, TlsConfig, check_token, parse_net};
+pub use store::{PostgresConfig, StoreConfig};
+use store::{check_lease, store_from_raw};
 pub use ui::UiConfig;
 
 /// Paths the server answers itself; callback paths may not reuse them.
@@ -105,26 +108,6 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub format: LogFormat,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// The SQLite file, used unless `postgres` is set.
-    pub path: PathBuf,
-    /// The PostgreSQL database that several instances share, when `store.url` is set.
-    pub postgres: Option<PostgresConfig>,
-    pub dedup_window: Duration,
-    pub retention: Duration,
-    pub rejected_max_count: u64,
-    pub rejected_max_bytes: usize,
-    pub lease: Duration,
-}
-
-/// `store.url` and `store.pool_size`. The URL's `Debug` hides its password.
-#[derive(Debug, Clone)]
-pub struct PostgresConfig {
-    pub url: tokio_postgres::Config,
-    pub pool_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -272,78 +255,6 @@ fn server_from_raw(raw: RawServer) -> Result<ServerConfig, ConfigError> {
     })
 }
 
-fn store_from_raw(raw: RawStore) -> Result<StoreConfig, ConfigError> {
-    let postgres = postgres_from_raw(&raw.url, raw.pool_size)?;
-    if postgres.is_none() && raw.path.as_os_str().is_empty() {
-        return Err(ConfigError::invalid(
-            "store.path",
-            "must name a database file",
-        ));
-    }
-    Ok(StoreConfig {
-        path: raw.path,
-        postgres,
-        dedup_window: raw.dedup_window,
-        retention: raw.retention,
-        rejected_max_count: raw.rejected_max_count,
-        rejected_max_bytes: raw.rejected_max_bytes,
-        lease: raw.lease,
-    })
-}
-
-/// The PostgreSQL store, if `url` is set. Messages never repeat the URL: it holds a password.
-fn postgres_from_raw(url: &str, pool_size: usize) -> Result<Option<PostgresConfig>, ConfigError> {
-    if url.trim().is_empty() {
-        return Ok(None);
-    }
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(ConfigError::invalid(
-            "store.url",
-            "must be a PostgreSQL URL such as postgres://user:password@host:5432/database",
-        ));
-    }
-    let url = url.parse::<tokio_postgres::Config>().map_err(|error| {
-        ConfigError::invalid(
-            "store.url",
-            format!("is not a valid PostgreSQL URL ({error}); the form is postgres://user:password@host:5432/database"),
-        )
-    })?;
-    if pool_size == 0 {
-        return Err(ConfigError::invalid(
-            "store.pool_size",
-            "must be at least 1 (connections per instance)",
-        ));
-    }
-    Ok(Some(PostgresConfig { url, pool_size }))
-}
-
-/// What a claimed action's lease must outlast beyond `delivery.timeout`: the 1 s a send's
-/// guard allows past the timeout, and the wait to record its outcome through the store's
-/// writer, which queues behind the receiver's group commits.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
-
-/// A lease that could end while its claimer still waits on a send would let a second claimer
-/// send the same action at the same time.
-fn check_lease(store: &StoreConfig, delivery: &DeliveryConfig) -> Result<(), ConfigError> {
-    if store.lease.is_zero() {
-        return Err(ConfigError::invalid(
-            "store.lease",
-            "must be longer than zero",
-        ));
-    }
-    let shortest = delivery.timeout + LEASE_MARGIN;
-    if store.lease < shortest {
-        let message = format!(
-            "{:?} is shorter than delivery.timeout ({:?}) plus {:?} to record the outcome, \
-             so another claimer could send an action this one still waits on; \
-             set store.lease to at least {:?} or lower delivery.timeout",
-            store.lease, delivery.timeout, LEASE_MARGIN, shortest
-        );
-        return Err(ConfigError::invalid("store.lease", message));
-    }
-    Ok(())
-}
-
 fn scripts_from_raw(raw: RawScripts) -> Result<ScriptsConfig, ConfigError> {
     if !(1..=64).contains(&raw.workers) {
         return Err(ConfigError::invalid(
@@ -418,7 +329,7 @@ mod tests {
         Config::parse(text, Path::new("test.toml"), Vec::new())
     }
 
-    fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    pub(super) fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Config::parse(text, Path::new("test.toml"), env)
     }
@@ -459,59 +370,6 @@ mod tests {
             text.starts_with("test.toml:3:1: unknown field `lisen`"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn a_url_selects_postgresql_and_its_errors_never_repeat_it() {
-        assert!(parse("").unwrap().store.postgres.is_none());
-        let url = "postgres://app:pw-secret@db.example.com:6543/fleet";
-        let config = parse(&format!("[store]\nurl = \"{url}\"\npool_size = 4")).unwrap();
-        let postgres = config.store.postgres.expect("a url selects PostgreSQL");
-        assert_eq!(postgres.pool_size, 4);
-        assert_eq!(postgres.url.get_dbname(), Some("fleet"));
-        assert!(!format!("{postgres:?}").contains("pw-secret"));
-        let from_env = parse_env("", &[("NOTIROUTER__STORE__URL", url)]).unwrap();
-        assert!(from_env.store.postgres.is_some());
-
-        for (text, expected) in [
-            (
-                "url = \"mysql://app:pw-secret@db/x\"",
-                "store.url: must be a PostgreSQL URL",
-            ),
-            (
-                "url = \"postgres://app:pw-secret@db:port/x\"",
-                "store.url: is not a valid PostgreSQL URL",
-            ),
-            (
-                "url = \"postgres://db/x\"\npool_size = 0",
-                "store.pool_size: must be at least 1",
-            ),
-        ] {
-            let error = parse(&format!("[store]\n{text}")).unwrap_err().to_string();
-            assert!(error.contains(expected), "{error}");
-            assert!(!error.contains("pw-secret"), "{error}");
-        }
-    }
-
-    #[test]
-    fn a_lease_must_outlast_a_send_and_the_record_of_its_outcome() {
-        let error = parse("[store]\nlease = \"0s\"").unwrap_err().to_string();
-        assert!(
-            error.contains("store.lease: must be longer than zero"),
-            "{error}"
-        );
-        let error = parse("[store]\nlease = \"14s\"\n[delivery]\ntimeout = \"10s\"")
-            .unwrap_err()
-            .to_string();
-        assert!(error.starts_with("store.lease: 14s is shorter"), "{error}");
-        assert!(error.contains("delivery.timeout (10s)"), "{error}");
-        assert!(error.contains("set store.lease to at least 15s"), "{error}");
-        let config = parse("[store]\nlease = \"15s\"\n[delivery]\ntimeout = \"10s\"").unwrap();
-        assert_eq!(config.store.lease, Duration::from_secs(15));
-        let error = parse("[delivery]\ntimeout = \"1m\"")
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("at least 65s"), "{error}");
     }
 
     #[test]
