@@ -219,7 +219,18 @@ pub trait Store: StateView + Send + Sync + 'static {
         &self,
         events: &[NewEvent],
         rejected: &[RejectedBody],
-    ) -> Result<Vec<Appended>, StoreError>;
+    ) -> Result<Vec<Appended>, StoreError> {
+        let group = WriteGroup {
+            events,
+            rejected,
+            ..WriteGroup::empty(Millis::now())
+        };
+        self.write_together(&group)?.appended
+    }
+
+    /// Stores the whole group in one durable transaction: all of it, or on `Err` none of it.
+    /// The writes of every stage are made of it.
+    fn write_together(&self, group: &WriteGroup<'_>) -> Result<GroupWritten, StoreError>;
 
     /// Proves the store can take a write lock now.
     fn probe(&self) -> Result<(), StoreError>;
@@ -270,7 +281,13 @@ pub trait Store: StateView + Send + Sync + 'static {
         outcomes: &[EventOutcome],
         changes: &StateChanges,
         now: Millis,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let group = WriteGroup {
+            outcomes: &[OutcomeBatch { outcomes, changes }],
+            ..WriteGroup::empty(now)
+        };
+        self.write_together(&group).map(drop)
+    }
 
     /// Destinations with actions due at `now`.
     fn due_destinations(&self, now: Millis) -> Result<Vec<Destination>, StoreError>;
@@ -308,7 +325,13 @@ pub trait Store: StateView + Send + Sync + 'static {
         &self,
         updates: &[DeliveryUpdate],
         now: Millis,
-    ) -> Result<usize, StoreError>;
+    ) -> Result<usize, StoreError> {
+        let group = WriteGroup {
+            deliveries: updates,
+            ..WriteGroup::empty(now)
+        };
+        self.write_together(&group)?.deliveries
+    }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
 
@@ -327,12 +350,20 @@ pub trait Store: StateView + Send + Sync + 'static {
         false
     }
 
-    /// Stores what one writer round gathered. Each part is all or nothing on its own, as with
-    /// [`Store::append`], [`Store::record_outcomes`] and [`Store::record_deliveries`]; a
-    /// backend that can should commit a group in one durable transaction, so that a round
-    /// costs one fsync and writes each page it touches once.
+    /// Stores what one writer round gathered, in one transaction ([`Store::write_together`]),
+    /// so that a round costs one commit; if that fails, each part alone, so that one part's
+    /// failure (a batch whose state changed, say) fails only it.
     fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
-        write_separately(self, group)
+        self.write_together(group).unwrap_or_else(|error| {
+            // A batch that read changed state is refused by design: not worth a warning.
+            match error {
+                StoreError::StateConflict => {
+                    tracing::debug!(%error, "a write group failed; storing its parts one by one")
+                }
+                _ => tracing::warn!(%error, "a write group failed; storing its parts one by one"),
+            }
+            write_separately(self, group)
+        })
     }
 
     /// The platform token that every instance of platform app `app` uses, if one was stored.

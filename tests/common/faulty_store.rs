@@ -13,8 +13,8 @@ use notirouter::model::state::{StateChanges, StateError, StateView};
 use notirouter::model::{EventId, Millis};
 use notirouter::store::{
     Appended, CallLimit, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter,
-    EventOutcome, EventSummary, NewEvent, PendingAction, PlatformToken, Pruned, RejectedBody,
-    SqliteStore, Store, StoreError, StoredEvent,
+    EventOutcome, EventSummary, GroupWritten, NewEvent, PendingAction, PlatformToken, Pruned,
+    RejectedBody, SqliteStore, Store, StoreError, StoredEvent, WriteGroup, write_separately,
 };
 
 /// The longest a stall holds a write, so that a stall left set cannot hang a process for ever.
@@ -71,6 +71,17 @@ impl FaultyStore {
 }
 
 impl Store for FaultyStore {
+    /// Through the inner store, bypassing the faults: nothing calls it but `write_group`, which
+    /// is overridden below.
+    fn write_together(&self, group: &WriteGroup<'_>) -> Result<GroupWritten, StoreError> {
+        self.inner.write_together(group)
+    }
+
+    /// Each part on its own, so that every write meets the faults of `append` and the rest.
+    fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
+        write_separately(self, group)
+    }
+
     fn platform_token(&self, app: &str) -> Result<Option<PlatformToken>, StoreError> {
         self.inner.platform_token(app)
     }

@@ -28,13 +28,11 @@ use tokio_postgres::NoTls;
 use ulid::{Generator, Ulid};
 
 use super::{
-    Appended, CallLimit, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter,
-    EventOutcome, EventSummary, GroupWritten, NewEvent, OutcomeBatch, PendingAction, PlatformToken,
-    Pruned, RejectedBody, Store, StoreError, StoredEvent, WriteGroup, write_separately,
+    Appended, CallLimit, Claimer, DeadLetter, EventDetail, EventFilter, EventSummary, GroupWritten,
+    PendingAction, PlatformToken, Pruned, Store, StoreError, StoredEvent, WriteGroup,
 };
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::destination::Destination;
-use crate::model::state::StateChanges;
 use crate::model::{EventId, Millis};
 
 pub use target::Target;
@@ -325,17 +323,8 @@ fn write_together(store: &PgStore, group: &WriteGroup<'_>) -> Result<GroupWritte
 }
 
 impl Store for PgStore {
-    fn append(
-        &self,
-        events: &[NewEvent],
-        rejected: &[RejectedBody],
-    ) -> Result<Vec<Appended>, StoreError> {
-        let group = WriteGroup {
-            events,
-            rejected,
-            ..WriteGroup::empty(Millis::now())
-        };
-        write_together(self, &group)?.appended
+    fn write_together(&self, group: &WriteGroup<'_>) -> Result<GroupWritten, StoreError> {
+        write_together(self, group)
     }
 
     fn probe(&self) -> Result<(), StoreError> {
@@ -389,19 +378,6 @@ impl Store for PgStore {
         self.listen(signals.clone());
     }
 
-    fn record_outcomes(
-        &self,
-        outcomes: &[EventOutcome],
-        changes: &StateChanges,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        let group = WriteGroup {
-            outcomes: &[OutcomeBatch { outcomes, changes }],
-            ..WriteGroup::empty(now)
-        };
-        write_together(self, &group).map(drop)
-    }
-
     fn due_destinations(&self, now: Millis) -> Result<Vec<Destination>, StoreError> {
         self.read_due_destinations(now)
     }
@@ -431,32 +407,6 @@ impl Store for PgStore {
 
     fn oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
         self.read_oldest_pending()
-    }
-
-    fn record_deliveries(
-        &self,
-        updates: &[DeliveryUpdate],
-        now: Millis,
-    ) -> Result<usize, StoreError> {
-        let group = WriteGroup {
-            deliveries: updates,
-            ..WriteGroup::empty(now)
-        };
-        write_together(self, &group)?.deliveries
-    }
-
-    /// One transaction for the group; if it fails, each part alone, so that one part's
-    /// failure fails only it.
-    fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
-        write_together(self, group).unwrap_or_else(|error| {
-            match error {
-                StoreError::StateConflict => {
-                    tracing::debug!(%error, "a write group failed; storing its parts one by one")
-                }
-                _ => tracing::warn!(%error, "a write group failed; storing its parts one by one"),
-            }
-            write_separately(self, group)
-        })
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {

@@ -27,13 +27,11 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use ulid::{Generator, Ulid};
 
 use super::{
-    Appended, CallLimit, Claimer, DeadLetter, DeliveryUpdate, EventDetail, EventFilter,
-    EventOutcome, EventSummary, GroupWritten, NewEvent, OutcomeBatch, PendingAction, PlatformToken,
-    Pruned, RejectedBody, Store, StoreError, StoredEvent, WriteGroup, write_separately,
+    CallLimit, Claimer, DeadLetter, EventDetail, EventFilter, EventSummary, GroupWritten,
+    PendingAction, PlatformToken, Pruned, Store, StoreError, StoredEvent, WriteGroup,
 };
 use crate::config::StoreConfig;
 use crate::destination::Destination;
-use crate::model::state::StateChanges;
 use crate::model::{EventId, Millis};
 
 /// Statements each connection keeps prepared.
@@ -210,17 +208,8 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreErr
 }
 
 impl Store for SqliteStore {
-    fn append(
-        &self,
-        events: &[NewEvent],
-        rejected: &[RejectedBody],
-    ) -> Result<Vec<Appended>, StoreError> {
-        let group = WriteGroup {
-            events,
-            rejected,
-            ..WriteGroup::empty(Millis::now())
-        };
-        write_together(self, &group)?.appended
+    fn write_together(&self, group: &WriteGroup<'_>) -> Result<GroupWritten, StoreError> {
+        write_together(self, group)
     }
 
     fn probe(&self) -> Result<(), StoreError> {
@@ -268,19 +257,6 @@ impl Store for SqliteStore {
         self.release_all_claims()
     }
 
-    fn record_outcomes(
-        &self,
-        outcomes: &[EventOutcome],
-        changes: &StateChanges,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        let group = WriteGroup {
-            outcomes: &[OutcomeBatch { outcomes, changes }],
-            ..WriteGroup::empty(now)
-        };
-        write_together(self, &group).map(drop)
-    }
-
     fn due_destinations(&self, now: Millis) -> Result<Vec<Destination>, StoreError> {
         self.read_due_destinations(now)
     }
@@ -310,33 +286,6 @@ impl Store for SqliteStore {
 
     fn oldest_pending(&self) -> Result<Option<Millis>, StoreError> {
         self.read_oldest_pending()
-    }
-
-    fn record_deliveries(
-        &self,
-        updates: &[DeliveryUpdate],
-        now: Millis,
-    ) -> Result<usize, StoreError> {
-        let group = WriteGroup {
-            deliveries: updates,
-            ..WriteGroup::empty(now)
-        };
-        write_together(self, &group)?.deliveries
-    }
-
-    /// One transaction for the group; if it fails, each part alone, so that one part's
-    /// failure fails only it.
-    fn write_group(&self, group: &WriteGroup<'_>) -> GroupWritten {
-        write_together(self, group).unwrap_or_else(|error| {
-            // A batch that read changed state is refused by design: not worth a warning.
-            match error {
-                StoreError::StateConflict => {
-                    tracing::debug!(%error, "a write group failed; storing its parts one by one")
-                }
-                _ => tracing::warn!(%error, "a write group failed; storing its parts one by one"),
-            }
-            write_separately(self, group)
-        })
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
