@@ -245,6 +245,6 @@ impl Scheduler {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || call(&*store))
             .await
-            .unwrap_or_else(|_| Err(StoreError::ReadPanicked))
+            .unwrap_or_else(|_| Err(StoreError::Panicked))
     }
 }

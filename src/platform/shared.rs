@@ -80,7 +80,7 @@ impl Shared {
         let by = self.by.clone();
         let result = tokio::task::spawn_blocking(move || call(&*store, &app, &by))
             .await
-            .unwrap_or(Err(StoreError::ReadPanicked));
+            .unwrap_or(Err(StoreError::Panicked));
         Ok(result?)
     }
 }

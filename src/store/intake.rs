@@ -195,7 +195,7 @@ impl Intake {
         let recorded =
             tokio::task::spawn_blocking(move || store.record_deliveries(&updates, Millis::now()))
                 .await
-                .map_err(|_| IntakeError::Store(Arc::new(StoreError::ReadPanicked)))?;
+                .map_err(|_| IntakeError::Store(Arc::new(StoreError::Panicked)))?;
         match recorded {
             Ok(raised) if raised > 0 => signals.events.notify(),
             Ok(_) => {}

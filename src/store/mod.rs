@@ -68,8 +68,8 @@ pub enum StoreError {
     NoWal(String),
     #[error("cannot start a store thread ({0}); check the process and thread limits")]
     Thread(std::io::Error),
-    #[error("a store read panicked; this is a bug: report it with the log lines above")]
-    ReadPanicked,
+    #[error("a store call panicked; this is a bug: report it with the log lines above")]
+    Panicked,
     #[error(
         "script state that a batch read was changed by another claimer before it committed; the batch runs again"
     )]

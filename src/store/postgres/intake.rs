@@ -1,7 +1,7 @@
 //! Writes of the receiving stage: a batch of notifications (with the duplicate rule decided by
 //! the `dedup` table's key, so that every instance agrees), rejected bodies, and pruning.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{GenericClient, Transaction};
 
@@ -48,7 +48,7 @@ impl PgStore {
         let hashes: Vec<&[u8]> = firsts.iter().map(|&i| &events[i].hash[..]).collect();
         let received: Vec<i64> = firsts.iter().map(|&i| events[i].received_at.0).collect();
         let window = self.dedup_window.as_millis() as i64;
-        let claimed: Vec<Vec<u8>> = cached::query(
+        let claimed: HashSet<Vec<u8>> = cached::query(
             transaction,
             "INSERT INTO dedup (body_hash, first_at, seq)
                  SELECT * FROM unnest($1::BYTEA[], $2::BIGINT[], $3::BIGINT[])
@@ -62,7 +62,7 @@ impl PgStore {
         .iter()
         .map(|row| row.get(0))
         .collect();
-        let is_new = |index: usize| claimed.iter().any(|hash| hash[..] == events[index].hash);
+        let is_new = |index: usize| claimed.contains(&events[index].hash[..]);
         let new: Vec<(usize, i64)> = firsts
             .iter()
             .zip(&seqs)
@@ -260,9 +260,10 @@ async fn first_copies(
     firsts: &[usize],
     new: &[(usize, i64)],
 ) -> Result<Vec<([u8; 32], EventId)>, StoreError> {
+    let stored: HashSet<usize> = new.iter().map(|(index, _)| *index).collect();
     let copies: Vec<&[u8]> = firsts
         .iter()
-        .filter(|index| !new.iter().any(|(new, _)| new == *index))
+        .filter(|index| !stored.contains(index))
         .map(|&index| &events[index].hash[..])
         .collect();
     if copies.is_empty() {

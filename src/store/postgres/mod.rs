@@ -268,7 +268,7 @@ fn pool_error_reason(error: deadpool_postgres::PoolError) -> String {
     use deadpool_postgres::PoolError;
     match error {
         PoolError::Timeout(_) => {
-            "no connection within 5 s (is the database up and reachable?)".into()
+            format!("no connection within {CONNECT_TIMEOUT:?} (is the database up and reachable?)")
         }
         PoolError::Backend(error) => match (error.as_db_error(), std::error::Error::source(&error))
         {
