@@ -66,6 +66,7 @@ contract!(
     two_claimers_racing_on_one_event_run_it_once,
     a_device_waits_behind_its_earlier_event_held_by_another_claimer,
     an_event_whose_claimer_stalls_past_the_lease_goes_to_another,
+    an_event_number_is_never_given_twice_even_after_the_newest_were_pruned,
     claimers_share_due_actions_without_overlap,
     an_action_whose_claimer_stalls_past_the_lease_is_sent_by_another,
     a_claim_renewed_by_its_holder_outlasts_the_first_lease,

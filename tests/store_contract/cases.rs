@@ -179,17 +179,39 @@ pub fn an_event_whose_claimer_stalls_past_the_lease_goes_to_another(backend: Bac
         .unwrap();
 }
 
+pub fn an_event_number_is_never_given_twice_even_after_the_newest_were_pruned(backend: Backend) {
+    let store = backend.store;
+    let first = append(&*store, &[notification("a", 1), notification("b", 2)]);
+    let by = Claimer::named("scripts");
+    let claimed = store.claim_events(&by, 10, T0).unwrap();
+    let outcomes: Vec<EventOutcome> = claimed
+        .iter()
+        .map(|event| handled(event, &by, Vec::new()))
+        .collect();
+    store
+        .record_outcomes(&outcomes, &StateChanges::default(), T0)
+        .unwrap();
+    assert_eq!(store.prune(later(1), 100).unwrap().events, 2);
+    let next = append(&*store, &[notification("c", 3)])[0];
+    let newest = first.iter().map(|id| id.seq()).max().unwrap();
+    assert!(
+        next.seq() > newest,
+        "{next} (seq {}) reuses a pruned event's number (up to {newest})",
+        next.seq()
+    );
+}
+
 /// Where [`chat`] sends.
 fn ops() -> Destination {
     Destination::Channel("ops".to_owned())
 }
 
-/// Queues `count` chat actions to [`ops`], due at [`T0`].
 /// The ids of claimed actions.
 fn ids_of(actions: &[PendingAction]) -> BTreeSet<String> {
     actions.iter().map(|p| p.id.clone()).collect()
 }
 
+/// Queues `count` chat actions to [`ops`], due at [`T0`].
 fn queue_actions(store: &dyn Store, count: usize) -> BTreeSet<String> {
     let event = append(store, &[notification("a", 1)])[0];
     let by = Claimer::named("scripts");

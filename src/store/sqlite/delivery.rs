@@ -4,7 +4,7 @@
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::dedup::hash64;
-use super::intake::next_seq;
+use super::intake::EventNumbers;
 use super::{SqliteStore, begin, database, execute_cached, query_row_cached};
 use crate::action::Action;
 use crate::destination::Destination;
@@ -314,7 +314,9 @@ pub(super) fn insert_internal(
     transaction: &Transaction<'_>,
     event: &InternalEvent,
 ) -> Result<(), StoreError> {
-    let seq = next_seq(transaction)?;
+    let mut numbers = EventNumbers::start(transaction)?;
+    let seq = numbers.take();
+    numbers.finish(transaction)?;
     transaction
         .execute(
             "INSERT INTO events (seq, id, received_at, path, remote_addr, notify_type, device_id,

@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::dedup::{DedupMemory, hash64};
 use std::sync::MutexGuard;
 
-use super::{SqliteStore, begin, database, lock, query_row_cached};
+use super::{SqliteStore, begin, database, execute_cached, lock, query_row_cached};
 use crate::model::{EventId, Millis};
 use crate::store::{Appended, NewEvent, Pruned, RejectedBody, StoreError};
 
@@ -25,14 +25,13 @@ impl SqliteStore {
         if !events.is_empty() {
             let mut loaded = self.dedup_memory(transaction)?;
             let memory = loaded.as_mut().expect("dedup_memory loads the memory");
-            let mut next_seq = next_seq(transaction)?;
+            let mut numbers = EventNumbers::start(transaction)?;
             for event in events {
                 let hash = hash64(&event.hash);
                 let outcome = match first_copy(transaction, memory, hash, event)? {
                     Some(id) => Appended::Duplicate(id),
                     None => {
-                        let seq = next_seq;
-                        next_seq += 1;
+                        let seq = numbers.take();
                         let id = EventId::from_parts(event.received_at, seq);
                         insert_event(transaction, seq, id, hash, event)?;
                         memory.remember(hash, seq, event.received_at);
@@ -42,6 +41,7 @@ impl SqliteStore {
                 };
                 outcomes.push(outcome);
             }
+            numbers.finish(transaction)?;
         }
         if !rejected.is_empty() {
             self.keep_rejected(transaction, rejected)?;
@@ -167,16 +167,37 @@ impl SqliteStore {
     }
 }
 
-/// The seq the next event gets; read inside the write transaction, so no other writer (a
-/// CLI command in another process) can take it meanwhile.
-pub(super) fn next_seq(transaction: &Transaction<'_>) -> Result<i64, StoreError> {
-    query_row_cached(
-        transaction,
-        "SELECT coalesce(max(seq), 0) + 1 FROM events",
-        [],
-        |row| row.get(0),
-    )
-    .map_err(database("numbering events"))
+/// The numbers (seqs) of new events, taken from the store's counter inside the write
+/// transaction, so no other writer (a CLI command in another process) takes them meanwhile;
+/// the counter only goes up, so a number is never given twice.
+pub(super) struct EventNumbers {
+    next: i64,
+}
+
+impl EventNumbers {
+    pub(super) fn start(transaction: &Transaction<'_>) -> Result<EventNumbers, StoreError> {
+        let next = query_row_cached(transaction, "SELECT next FROM event_numbers", [], |row| {
+            row.get(0)
+        })
+        .map_err(database("numbering events"))?;
+        Ok(EventNumbers { next })
+    }
+
+    pub(super) fn take(&mut self) -> i64 {
+        self.next += 1;
+        self.next - 1
+    }
+
+    /// Stores where the numbering goes on.
+    pub(super) fn finish(self, transaction: &Transaction<'_>) -> Result<(), StoreError> {
+        execute_cached(
+            transaction,
+            "UPDATE event_numbers SET next = ?1",
+            [self.next],
+        )
+        .map_err(database("numbering events"))?;
+        Ok(())
+    }
 }
 
 /// Loads the hashes stored within the window, oldest first.

@@ -151,6 +151,10 @@ const MIGRATIONS: &[&str] = &[
         item TEXT NOT NULL,
         PRIMARY KEY (plugin, key, position)
     );",
+    // 9: the number the next event gets, kept apart from the events, so that pruning the
+    // newest events never lets a later one take their numbers (and ids) again.
+    "CREATE TABLE event_numbers (next INTEGER NOT NULL);
+    INSERT INTO event_numbers SELECT coalesce(max(seq), 0) + 1 FROM events;",
 ];
 
 /// Brings the schema up to date.
