@@ -1,12 +1,11 @@
 //! Delivery's reads and writes: due actions per destination, attempt records, dead letters and
 //! the `actionFailed` events they raise (by the shared [`rules`]).
 
-use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
 use super::cached;
 use super::intake::insert_internal;
-use super::{Durability, PgStore, database, received_at_of};
+use super::{Durability, PgStore, Tx, database, received_at_of};
 use crate::action::Action;
 use crate::destination::Destination;
 use crate::model::{EventId, Millis};
@@ -61,7 +60,7 @@ impl PgStore {
     /// they raised.
     pub(super) async fn deliveries_in(
         &self,
-        transaction: &Transaction<'_>,
+        transaction: &Tx,
         updates: &[DeliveryUpdate],
         now: Millis,
     ) -> Result<usize, StoreError> {
@@ -221,7 +220,7 @@ impl PgStore {
 /// Ends an action without sending it: `dead` or `skipped`, with the attempt's error. False
 /// when the claim no longer holds (nothing is recorded then).
 async fn finish(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     claim: &ActionClaim,
     status: ActionStatus,
     attempt: &Attempt,
@@ -247,7 +246,7 @@ async fn finish(
 /// Applies the [`rules`] to a dead action: its budget unit back, and its `actionFailed`
 /// event. Returns whether an event was raised.
 async fn after_death(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     id: &str,
     attempt: &Attempt,
     now: Millis,
@@ -302,7 +301,7 @@ async fn after_death(
 /// Records `attempt` if the update before it found the claim; a claimer whose lease ended and
 /// whose action another claimer took records nothing.
 async fn record_attempt_if_held(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     claim: &ActionClaim,
     updated: u64,
     attempt: &Attempt,

@@ -1,10 +1,8 @@
 //! Digests: items added with a batch's outcomes, and the firing of those whose window ended.
 
-use deadpool_postgres::Transaction;
-
 use super::cached;
 use super::intake::insert_internal;
-use super::{Durability, PgStore, database};
+use super::{Durability, PgStore, Tx, database};
 use crate::model::Millis;
 use crate::model::state::{DIGEST_ITEMS, DigestKey, StateChanges};
 use crate::store::StoreError;
@@ -13,10 +11,7 @@ use crate::store::rules::{self, EndedDigest};
 /// Adds a batch's digest items to the open digests, opening those that are not. The total is
 /// added as a delta on the digest's row, whose lock orders the batches of other instances
 /// adding to the same digest: each knows the positions its items take.
-pub(super) async fn add_items(
-    transaction: &Transaction<'_>,
-    changes: &StateChanges,
-) -> Result<(), StoreError> {
+pub(super) async fn add_items(transaction: &Tx, changes: &StateChanges) -> Result<(), StoreError> {
     for (key, addition) in &changes.digests {
         let total: i64 = cached::query_one(
             transaction,
@@ -93,7 +88,7 @@ impl PgStore {
 }
 
 async fn ended_digests(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     now: Millis,
     limit: usize,
 ) -> Result<Vec<EndedDigest>, StoreError> {

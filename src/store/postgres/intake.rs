@@ -3,10 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 
-use super::cached;
-use super::{Durability, PgStore, database};
+use super::{Durability, PgStore, Tx, database};
+use super::{cached, notify};
 use crate::model::{EventId, Millis};
 use crate::store::rules::InternalEvent;
 use crate::store::{Appended, NewEvent, Pruned, RejectedBody, StoreError};
@@ -15,62 +15,60 @@ use crate::store::{Appended, NewEvent, Pruned, RejectedBody, StoreError};
 const PRUNE_LOCK: i64 = 0x6e6f_7469_7072_756e;
 
 impl PgStore {
-    /// Appends within `transaction`, in four statements whatever the batch's size: number the
-    /// batch's bodies, claim their hashes in `dedup`, insert the new ones, and read the first
-    /// copies of the others.
+    /// Appends within `transaction` in two round trips whatever the batch's size: first the
+    /// batch's bodies are numbered and their hashes claimed in `dedup` (with the rejected
+    /// bodies kept meanwhile), then the new ones are inserted while the first copies of the
+    /// others are read and other instances are told of the new events.
     pub(super) async fn append_in(
         &self,
-        transaction: &Transaction<'_>,
+        transaction: &Tx,
         events: &[NewEvent],
         rejected: &[RejectedBody],
     ) -> Result<Vec<Appended>, StoreError> {
-        let mut outcomes = Vec::new();
-        if !events.is_empty() {
-            outcomes = self.append_events(transaction, events).await?;
-        }
-        if !rejected.is_empty() {
-            self.keep_rejected(transaction, rejected).await?;
-        }
-        Ok(outcomes)
+        let keep_rejected = async {
+            if rejected.is_empty() {
+                return Ok(());
+            }
+            self.keep_rejected(transaction, rejected).await
+        };
+        let (appended, kept) =
+            futures_util::join!(self.append_events(transaction, events), keep_rejected);
+        kept?;
+        appended
     }
 
     async fn append_events(
         &self,
-        transaction: &Transaction<'_>,
+        transaction: &Tx,
         events: &[NewEvent],
     ) -> Result<Vec<Appended>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         // A body sent twice in one batch: the later copy is a duplicate of the earlier.
         let mut first_of_hash: HashMap<&[u8; 32], usize> = HashMap::new();
         let firsts: Vec<usize> = (0..events.len())
             .filter(|&index| *first_of_hash.entry(&events[index].hash).or_insert(index) == index)
             .collect();
-        let seqs = next_seqs(transaction, firsts.len()).await?;
-        let hashes: Vec<&[u8]> = firsts.iter().map(|&i| &events[i].hash[..]).collect();
-        let received: Vec<i64> = firsts.iter().map(|&i| events[i].received_at.0).collect();
-        let window = self.dedup_window.as_millis() as i64;
-        let claimed: HashSet<Vec<u8>> = cached::query(
-            transaction,
-            "INSERT INTO dedup (body_hash, first_at, seq)
-                 SELECT * FROM unnest($1::BYTEA[], $2::BIGINT[], $3::BIGINT[])
-                 ON CONFLICT (body_hash) DO UPDATE SET first_at = EXCLUDED.first_at,
-                 seq = EXCLUDED.seq WHERE dedup.first_at <= EXCLUDED.first_at - $4
-                 RETURNING body_hash",
-            &[&hashes, &received, &seqs, &window],
-        )
-        .await
-        .map_err(database("checking for duplicates"))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-        let is_new = |index: usize| claimed.contains(&events[index].hash[..]);
+        let claimed = self.claim_hashes(transaction, events, &firsts).await?;
         let new: Vec<(usize, i64)> = firsts
             .iter()
-            .zip(&seqs)
-            .filter(|(index, _)| is_new(**index))
-            .map(|(index, seq)| (*index, *seq))
+            .filter_map(|&index| Some((index, *claimed.get(&events[index].hash[..])?)))
             .collect();
-        insert_events(transaction, events, &new).await?;
-        let copies = first_copies(transaction, events, &firsts, &new).await?;
+        let notify = async {
+            if new.is_empty() {
+                return Ok(());
+            }
+            notify::notify(transaction, notify::EVENTS).await
+        };
+        let (inserted, copies, notified) = futures_util::join!(
+            insert_events(transaction, events, &new),
+            first_copies(transaction, events, &firsts, &new),
+            notify
+        );
+        inserted?;
+        notified?;
+        let copies = copies?;
         let ids: HashMap<&[u8; 32], Appended> = new
             .iter()
             .map(|&(index, seq)| {
@@ -98,10 +96,41 @@ impl PgStore {
             .collect()
     }
 
+    /// Numbers the bodies at `firsts` in their order and claims their hashes in `dedup`: a
+    /// hash is claimed when no copy is stored, or only one older than the window. Returns the
+    /// claimed hashes with their events' numbers (numbers taken for the others are skipped).
+    async fn claim_hashes(
+        &self,
+        transaction: &Tx,
+        events: &[NewEvent],
+        firsts: &[usize],
+    ) -> Result<HashMap<Vec<u8>, i64>, StoreError> {
+        let hashes: Vec<&[u8]> = firsts.iter().map(|&i| &events[i].hash[..]).collect();
+        let received: Vec<i64> = firsts.iter().map(|&i| events[i].received_at.0).collect();
+        let window = self.dedup_window.as_millis() as i64;
+        Ok(cached::query(
+            transaction,
+            "INSERT INTO dedup (body_hash, first_at, seq)
+                 SELECT hash, first_at, nextval(pg_get_serial_sequence('events', 'seq'))
+                 FROM unnest($1::BYTEA[], $2::BIGINT[]) WITH ORDINALITY
+                     AS batch (hash, first_at, position)
+                 ORDER BY position
+                 ON CONFLICT (body_hash) DO UPDATE SET first_at = EXCLUDED.first_at,
+                 seq = EXCLUDED.seq WHERE dedup.first_at <= EXCLUDED.first_at - $3
+                 RETURNING body_hash, seq",
+            &[&hashes, &received, &window],
+        )
+        .await
+        .map_err(database("checking for duplicates"))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+    }
+
     /// Inserts rejected bodies and drops the oldest beyond `rejected_max_count`.
     async fn keep_rejected(
         &self,
-        transaction: &Transaction<'_>,
+        transaction: &Tx,
         rejected: &[RejectedBody],
     ) -> Result<(), StoreError> {
         let column = |get: fn(&RejectedBody) -> Option<&str>| -> Vec<Option<&str>> {
@@ -199,24 +228,21 @@ impl PgStore {
     }
 }
 
-/// `count` new event numbers, increasing.
-async fn next_seqs(client: &impl GenericClient, count: usize) -> Result<Vec<i64>, StoreError> {
-    Ok(cached::query(
+/// The number of a new event.
+async fn next_seq(client: &impl GenericClient) -> Result<i64, StoreError> {
+    Ok(cached::query_one(
         client,
-        "SELECT nextval(pg_get_serial_sequence('events', 'seq'))
-             FROM generate_series(1, $1::BIGINT)",
-        &[&(count as i64)],
+        "SELECT nextval(pg_get_serial_sequence('events', 'seq'))",
+        &[],
     )
     .await
     .map_err(database("numbering events"))?
-    .iter()
-    .map(|row| row.get(0))
-    .collect())
+    .get(0))
 }
 
 /// Inserts the events at `new` (index into `events`, seq), in one statement.
 async fn insert_events(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     events: &[NewEvent],
     new: &[(usize, i64)],
 ) -> Result<(), StoreError> {
@@ -255,7 +281,7 @@ async fn insert_events(
 
 /// The stored first copies of the bodies among `firsts` that are not `new`.
 async fn first_copies(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     events: &[NewEvent],
     firsts: &[usize],
     new: &[(usize, i64)],
@@ -289,10 +315,10 @@ async fn first_copies(
 
 /// Stores an event the store raised itself (not subject to the duplicate rule).
 pub(super) async fn insert_internal(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     event: &InternalEvent,
 ) -> Result<(), StoreError> {
-    let seq = next_seqs(transaction, 1).await?[0];
+    let seq = next_seq(transaction).await?;
     let id = EventId::from_parts(event.received_at, seq).to_string();
     cached::execute(
         transaction,

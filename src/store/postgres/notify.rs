@@ -6,11 +6,10 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Transaction;
 use futures_util::{StreamExt, stream};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::{PgStore, database};
+use super::{PgStore, Tx, database};
 use crate::store::{Signals, StoreError};
 
 /// New pending events.
@@ -23,7 +22,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Tells the listening instances, once `transaction` commits, that there is work on `channel`
 /// (notifications of one transaction on one channel are delivered once).
-pub(super) async fn notify(transaction: &Transaction<'_>, channel: &str) -> Result<(), StoreError> {
+pub(super) async fn notify(transaction: &Tx, channel: &str) -> Result<(), StoreError> {
     transaction
         .execute("SELECT pg_notify($1, '')", &[&channel])
         .await

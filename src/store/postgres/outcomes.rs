@@ -9,12 +9,12 @@
 
 use std::collections::HashMap;
 
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use futures_util::future::try_join_all;
 use sha2::{Digest, Sha256};
 
 use super::cached;
-use super::{PgStore, database};
+use super::{PgStore, Tx, database};
 use crate::action::Action;
 use crate::model::Millis;
 use crate::model::state::{CommittedValue, StateChanges, StateError, StateKey, StateView};
@@ -24,7 +24,7 @@ impl PgStore {
     /// Records a script batch within `transaction`: outcomes, their actions, state changes.
     pub(super) async fn outcomes_in(
         &self,
-        transaction: &Transaction<'_>,
+        transaction: &Tx,
         batch: &OutcomeBatch<'_>,
         now: Millis,
     ) -> Result<(), StoreError> {
@@ -101,7 +101,7 @@ fn lock_id(key: &StateKey) -> i64 {
 
 /// Locks `keys` (sorted by lock id, so two batches never wait for each other in a circle)
 /// until the transaction ends.
-async fn lock_keys(transaction: &Transaction<'_>, keys: &[StateKey]) -> Result<(), StoreError> {
+async fn lock_keys(transaction: &Tx, keys: &[StateKey]) -> Result<(), StoreError> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -122,10 +122,7 @@ async fn lock_keys(transaction: &Transaction<'_>, keys: &[StateKey]) -> Result<(
 struct Snapshot(HashMap<StateKey, Option<CommittedValue>>);
 
 impl Snapshot {
-    async fn read(
-        transaction: &Transaction<'_>,
-        keys: &[StateKey],
-    ) -> Result<Snapshot, StoreError> {
+    async fn read(transaction: &Tx, keys: &[StateKey]) -> Result<Snapshot, StoreError> {
         let values = try_join_all(keys.iter().map(|key| read_key(transaction, key)))
             .await
             .map_err(database("reading script state"))?;
@@ -202,7 +199,7 @@ async fn read_key(
 /// Records the outcome and the plugin runs; a replay keeps the event's status and appends its
 /// runs to the earlier ones. An outcome whose claim no longer holds records nothing.
 async fn record_event_outcome(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     outcome: &EventOutcome,
     now: Millis,
 ) -> Result<(), StoreError> {
@@ -244,7 +241,7 @@ async fn record_event_outcome(
 }
 
 async fn insert_action(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     id: &str,
     outcome: &EventOutcome,
     action: &Action,
@@ -274,7 +271,7 @@ async fn insert_action(
 
 /// Applies counters and budgets as deltas, so concurrent writers cannot lose an update.
 async fn apply_state_changes(
-    transaction: &Transaction<'_>,
+    transaction: &Tx,
     changes: &StateChanges,
     now: Millis,
 ) -> Result<(), StoreError> {
