@@ -67,15 +67,20 @@ pub struct Common {
 impl Common {
     /// The binary as an absolute path (the server runs in its temp dir), or a hint to build it.
     pub fn binary(&self) -> anyhow::Result<PathBuf> {
-        if !self.bin.is_file() {
-            bail!(
-                "notirouter binary not found at {}; run cargo build --release first",
-                self.bin.display()
-            );
-        }
-        std::fs::canonicalize(&self.bin)
-            .with_context(|| format!("cannot resolve {}", self.bin.display()))
+        binary_at(&self.bin)
     }
+}
+
+/// The binary at `path` as an absolute path (a server runs in its temp dir), or a hint to build
+/// it.
+pub fn binary_at(path: &Path) -> anyhow::Result<PathBuf> {
+    if !path.is_file() {
+        bail!(
+            "notirouter binary not found at {}; run cargo build --release first",
+            path.display()
+        );
+    }
+    std::fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
 /// The arguments of closed-loop load phases: how many connections, and for how long.
@@ -173,10 +178,19 @@ pub fn notirouter_command(
     config: &serde_json::Value,
     rust_log: &str,
 ) -> anyhow::Result<Command> {
+    serve_command(pinned(cpu, bin), dir, config, rust_log)
+}
+
+/// `command` (the binary, pinned or not) made into [`notirouter_command`]'s `serve` on `config`.
+pub fn serve_command(
+    mut command: Command,
+    dir: &Path,
+    config: &serde_json::Value,
+    rust_log: &str,
+) -> anyhow::Result<Command> {
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, toml::to_string(config)?)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
-    let mut command = pinned(cpu, bin);
     command
         .current_dir(dir)
         .arg("--config")
@@ -261,6 +275,12 @@ impl Server {
             .into_iter()
             .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
             .collect()
+    }
+
+    /// Kills the server with SIGKILL, as `kill -9` does (it finishes nothing), and reaps it.
+    pub fn kill9(&mut self) -> std::io::Result<()> {
+        self.child.0.kill()?;
+        self.child.0.wait().map(drop)
     }
 
     /// Every line logged since the last call.
@@ -825,7 +845,19 @@ pub struct Response {
 pub struct Request {
     /// The request line, e.g. `POST /hook HTTP/1.1`.
     pub line: String,
+    /// Names lower-cased, in the order sent.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 /// An HTTP/1.1 connection over plain TCP (the default) or any other byte stream, e.g. TLS.
@@ -890,18 +922,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut lines = head.split("\r\n");
         let line = lines.next().unwrap_or_default().to_owned();
         let mut body_len = 0;
+        let mut headers = Vec::new();
         for (name, value) in lines.filter_map(|line| line.split_once(':')) {
-            if name.eq_ignore_ascii_case("content-length") {
-                body_len = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid("bad Content-Length"))?;
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let (name, value) = (name.to_ascii_lowercase(), value.trim());
+            if name == "content-length" {
+                body_len = value.parse().map_err(|_| invalid("bad Content-Length"))?;
+            } else if name == "transfer-encoding" {
                 return Err(invalid("chunked requests are not understood"));
             }
+            headers.push((name, value.to_owned()));
         }
         let body = self.take_body(head_len, body_len).await?;
-        Ok(Some(Request { line, body }))
+        Ok(Some(Request {
+            line,
+            headers,
+            body,
+        }))
     }
 
     /// Writes raw bytes (a whole response).
