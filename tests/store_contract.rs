@@ -3,6 +3,8 @@
 
 #[path = "store_contract/cases.rs"]
 mod cases;
+// This binary creates databases but queries the server about none of them.
+#[allow(dead_code)]
 #[path = "common/pg.rs"]
 mod pg;
 

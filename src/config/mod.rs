@@ -28,7 +28,7 @@ pub use platform::{Credentials, PlatformConfig};
 pub use raw::{ChannelKind, LogFormat, Validation};
 use raw::{RawConfig, RawScripts, RawServer};
 pub use server::{AccessConfig, Limits, TlsConfig, check_token, parse_net};
-pub use store::{PostgresConfig, StoreConfig};
+pub use store::{PostgresConfig, StoreConfig, TlsCa};
 use store::{check_lease, store_from_raw};
 pub use ui::UiConfig;
 

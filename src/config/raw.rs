@@ -270,6 +270,10 @@ pub(super) struct RawStore {
     pub url: String,
     /// PostgreSQL connections per instance. Default 16.
     pub pool_size: usize,
+    /// The CA (PEM) that the PostgreSQL server's certificate must chain to, with the URL's host
+    /// name checked; TLS is then required. Empty: TLS (`sslmode` prefer or require) encrypts
+    /// without checking the certificate, as libpq does. Default empty.
+    pub tls_ca: PathBuf,
     /// A copy of a body stored less than this after the first is a duplicate. Default 1 h; it
     /// should exceed the platform's 10-minute re-push window.
     #[serde(with = "humantime_serde")]
@@ -292,6 +296,7 @@ impl Default for RawStore {
             path: PathBuf::from("data/notirouter.db"),
             url: String::new(),
             pool_size: 16,
+            tls_ca: PathBuf::new(),
             dedup_window: Duration::from_secs(3600),
             retention: Duration::from_secs(30 * 24 * 3600),
             rejected_max_count: 10_000,

@@ -3,7 +3,8 @@
 //! `CI=true` an unreachable server fails the test; elsewhere the test is skipped with one line
 //! saying why.
 
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -44,6 +45,20 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// The name of this test's database.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `sql` on the server's own database, for what a test observes of the server from
+    /// outside the store under test.
+    pub fn server_query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<Row> {
+        on_server(&self.server, async |client| client.query(sql, params).await)
+            .unwrap_or_else(|error| panic!("{sql} failed on {}: {error}", self.server))
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let dropped = admin(
@@ -58,6 +73,14 @@ impl Drop for TestDatabase {
 
 /// Runs one statement on the server's own database.
 fn admin(server: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    on_server(server, async |client| client.batch_execute(sql).await)
+}
+
+/// Runs `work` on a connection of its own to `server`.
+fn on_server<T>(
+    server: &str,
+    work: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+) -> Result<T, tokio_postgres::Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -65,7 +88,7 @@ fn admin(server: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
     runtime.block_on(async {
         let (client, connection) = tokio_postgres::connect(server, NoTls).await?;
         let connection = tokio::spawn(connection);
-        let done = client.batch_execute(sql).await;
+        let done = work(&client).await;
         drop(client);
         let _ = connection.await;
         done

@@ -18,12 +18,14 @@ mod platform;
 mod queries;
 mod schema;
 mod target;
+mod tls;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use ulid::{Generator, Ulid};
 
 use super::{
@@ -48,6 +50,10 @@ pub struct PgStore {
     target: Target,
     /// How the listener connects, outside the pool.
     connect_config: tokio_postgres::Config,
+    /// TLS for the listener, as for the pool.
+    connector: MakeRustlsConnect,
+    /// Whether the server's certificate is checked against `store.tls_ca`.
+    checks_certificate: bool,
     /// Action ids: monotonic within a millisecond.
     ids: Mutex<Generator>,
     dedup_window: Duration,
@@ -68,6 +74,7 @@ impl PgStore {
     /// Connects (proving the database answers) and migrates the schema.
     pub fn open(config: &StoreConfig, postgres: &PostgresConfig) -> Result<PgStore, StoreError> {
         let target = Target::of(&postgres.url);
+        let connector = tls::connector(postgres)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("notirouter-postgres")
@@ -76,13 +83,15 @@ impl PgStore {
             .map_err(StoreError::Thread)?;
         let pool = {
             let _context = runtime.enter();
-            build_pool(postgres)?
+            build_pool(postgres, connector.clone())?
         };
         let store = PgStore {
             runtime: Some(runtime),
             pool,
             target,
             connect_config: connect_config(postgres),
+            connector,
+            checks_certificate: postgres.tls_ca.is_some(),
             ids: Mutex::new(Generator::new()),
             dedup_window: config.dedup_window,
             rejected_max_count: config.rejected_max_count,
@@ -176,7 +185,8 @@ impl PgStore {
 const OLDEST_SERVER: i32 = 130_000;
 
 impl PgStore {
-    /// The server's version, and that this user may create tables and write in its schema.
+    /// The server's version, whether the connection is encrypted, and that this user may
+    /// create tables and write in its schema.
     fn describe_server(&self) -> Result<String, StoreError> {
         let target = self.target.to_string();
         self.in_transaction(Durability::Claim, async |transaction| {
@@ -201,12 +211,40 @@ impl PgStore {
                      GRANT CREATE ON SCHEMA {schema} to it"
                 )));
             }
+            let encryption = self.encryption(transaction).await?;
             cached::execute(transaction, "CREATE TEMPORARY TABLE doctor_probe (x INTEGER) ON COMMIT DROP", &[])
                 .await
                 .map_err(database("writing a probe table"))?;
             Ok(format!(
-                "{target}: PostgreSQL {version}, schema {schema} migrated, tables can be created and written"
+                "{target}: PostgreSQL {version}, {encryption}, schema {schema} migrated, tables can be created and written"
             ))
+        })
+    }
+
+    /// Whether this session is encrypted, as the server sees it, and whether the server's
+    /// certificate was checked.
+    async fn encryption(&self, transaction: &Tx) -> Result<String, StoreError> {
+        let tls = cached::query_opt(
+            transaction,
+            "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+            &[],
+        )
+        .await
+        .map_err(database("reading the connection's encryption"))?;
+        let Some(row) = tls else {
+            return Ok(match self.connect_config.get_ssl_mode() {
+                SslMode::Disable => "not encrypted (sslmode=disable)".to_owned(),
+                _ => "not encrypted: the server offers no TLS".to_owned(),
+            });
+        };
+        let version: String = row.get(0);
+        Ok(match self.checks_certificate {
+            true => {
+                format!("encrypted ({version}), server certificate checked against store.tls_ca")
+            }
+            false => {
+                format!("encrypted ({version}), server certificate not checked (set store.tls_ca)")
+            }
         })
     }
 }
@@ -262,10 +300,10 @@ fn connect_config(postgres: &PostgresConfig) -> tokio_postgres::Config {
     connect
 }
 
-fn build_pool(postgres: &PostgresConfig) -> Result<Pool, StoreError> {
+fn build_pool(postgres: &PostgresConfig, connector: MakeRustlsConnect) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         connect_config(postgres),
-        NoTls,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -283,21 +321,30 @@ fn build_pool(postgres: &PostgresConfig) -> Result<Pool, StoreError> {
         })
 }
 
-/// What went wrong getting a connection, in words for the operator. tokio-postgres never puts
-/// the password in its messages.
+/// What went wrong getting a connection, in words for the operator.
 fn pool_error_reason(error: deadpool_postgres::PoolError) -> String {
     use deadpool_postgres::PoolError;
     match error {
         PoolError::Timeout(_) => {
             format!("no connection within {CONNECT_TIMEOUT:?} (is the database up and reachable?)")
         }
-        PoolError::Backend(error) => match (error.as_db_error(), std::error::Error::source(&error))
-        {
-            (Some(db), _) => db.message().to_owned(),
-            (None, Some(cause)) => format!("{error}: {cause}"),
-            (None, None) => error.to_string(),
-        },
+        PoolError::Backend(error) => connect_error_reason(&error),
         other => other.to_string(),
+    }
+}
+
+/// A failed connection's error with its cause (tokio-postgres's own message leaves it out, as
+/// "error performing TLS handshake"), and what to do about a refused certificate.
+/// tokio-postgres never puts the password in its messages.
+fn connect_error_reason(error: &tokio_postgres::Error) -> String {
+    let reason = match (error.as_db_error(), std::error::Error::source(error)) {
+        (Some(db), _) => db.message().to_owned(),
+        (None, Some(cause)) => format!("{error}: {cause}"),
+        (None, None) => error.to_string(),
+    };
+    match tls::certificate_hint(error) {
+        Some(hint) => format!("{reason} ({hint})"),
+        None => reason,
     }
 }
 

@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use futures_util::{StreamExt, stream};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{PgStore, Tx, database};
+use super::{PgStore, Tx, connect_error_reason, database};
 use crate::store::{Signals, StoreError};
 
 /// New pending events.
@@ -34,6 +35,7 @@ impl PgStore {
     /// Starts the listener on the store's runtime; it runs until the store is dropped.
     pub(super) fn listen(&self, signals: Signals) {
         let config = self.connect_config.clone();
+        let connector = self.connector.clone();
         let target = self.target.clone();
         let runtime = self
             .runtime
@@ -41,7 +43,7 @@ impl PgStore {
             .expect("the runtime lives until the store drops");
         runtime.spawn(async move {
             loop {
-                if let Err(error) = listen_once(&config, &signals).await {
+                if let Err(error) = listen_once(&config, connector.clone(), &signals).await {
                     tracing::warn!(database = %target, %error, "lost the connection that listens for other instances' work; polling meanwhile");
                 }
                 tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -55,9 +57,10 @@ impl PgStore {
 /// over.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    connector: MakeRustlsConnect,
     signals: &Signals,
 ) -> Result<(), ListenError> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(connector).await?;
     let (sender, mut channels) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = stream::poll_fn(move |context| connection.poll_message(context));
@@ -87,7 +90,7 @@ async fn listen_once(
 
 #[derive(Debug, thiserror::Error)]
 enum ListenError {
-    #[error(transparent)]
+    #[error("{}", connect_error_reason(.0))]
     Database(#[from] tokio_postgres::Error),
     #[error("the connection ended")]
     Ended,
