@@ -21,6 +21,8 @@ mod schema;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+
+use parking_lot::{FairMutex, FairMutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
@@ -43,7 +45,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     /// The database file, for messages.
     path: std::path::PathBuf,
-    writer: Mutex<Connection>,
+    /// Fair: the intake's writer commits back to back under load, and an unfair lock would
+    /// let it take the connection again before a waiting claim wakes, starving the scripts.
+    writer: FairMutex<Connection>,
     reader: Mutex<Connection>,
     /// Action ids: monotonic within a millisecond.
     ids: Mutex<Generator>,
@@ -108,7 +112,7 @@ impl SqliteStore {
         let reader = open_connection(&config.path, flags)?;
         Ok(SqliteStore {
             path: config.path.clone(),
-            writer: Mutex::new(writer),
+            writer: FairMutex::new(writer),
             reader: Mutex::new(reader),
             ids: Mutex::new(Generator::new()),
             dedup: Mutex::new(None),
@@ -124,8 +128,8 @@ impl SqliteStore {
         lock(&self.reader)
     }
 
-    fn writer(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.writer)
+    fn writer(&self) -> FairMutexGuard<'_, Connection> {
+        self.writer.lock()
     }
 
     fn next_id(&self) -> Ulid {
