@@ -22,6 +22,12 @@ new_database() {
     databases+=("$1")
 }
 
+# The URL of database $1 on the server, with the server URL's parameters (e.g. sslmode).
+database_url() {
+    local base=${server%%\?*}
+    echo "${base%/*}/$1${server#"$base"}"
+}
+
 echo "== one instance on SQLite"
 start "$here" 18081 ""
 "$loadgen" --target http://127.0.0.1:18081 --pid "${pids[0]}" --connections 128 "$@"
@@ -29,14 +35,14 @@ stop_all
 
 echo "== one instance on PostgreSQL"
 new_database "notirouter_bench_$$_one"
-start "$here" 18082 "${server%/*}/notirouter_bench_$$_one"
+start "$here" 18082 "$(database_url "notirouter_bench_$$_one")"
 "$loadgen" --target http://127.0.0.1:18082 --pid "${pids[0]}" --connections 128 "$@"
 stop_all
 
 echo "== two instances on one PostgreSQL database, the load split"
 new_database "notirouter_bench_$$_two"
-start "$here" 18083 "${server%/*}/notirouter_bench_$$_two"
-start "$here" 18084 "${server%/*}/notirouter_bench_$$_two"
+start "$here" 18083 "$(database_url "notirouter_bench_$$_two")"
+start "$here" 18084 "$(database_url "notirouter_bench_$$_two")"
 "$loadgen" --target http://127.0.0.1:18083,http://127.0.0.1:18084 \
     --pid "${pids[0]},${pids[1]}" --connections 128 "$@"
 stop_all
