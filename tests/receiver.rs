@@ -819,21 +819,22 @@ fn metrics_count_notifications_rejections_warnings_and_commits() {
     );
 }
 
-/// Each of the server's threads by name, with its nice value (from `/proc`).
+/// Each of the server's threads by name, with its nice value (from `/proc`); a thread that
+/// ends while it is read is left out.
 fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
     tasks
-        .map(|task| {
-            let task = task.expect("a thread entry").path();
-            let name = std::fs::read_to_string(task.join("comm")).expect("a thread name");
-            let stat = std::fs::read_to_string(task.join("stat")).expect("a thread stat");
+        .filter_map(|task| {
+            let task = task.ok()?.path();
+            let name = std::fs::read_to_string(task.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
             // Fields after the parenthesised name; nice is the 19th field of the whole line.
             let after_name = &stat[stat.rfind(')').expect("a stat line") + 2..];
             let nice = after_name.split(' ').nth(16).expect("a nice field");
-            (
+            Some((
                 name.trim().to_owned(),
                 nice.parse().expect("a numeric nice value"),
-            )
+            ))
         })
         .collect()
 }
@@ -844,7 +845,23 @@ fn background_stages_run_nicer_than_the_receiver() {
     server
         .post_json(RECEIVER, &fixtures::sw_fail("warm").to_string())
         .accepted_clean();
-    let threads = thread_nice_values(server.pid());
+    // Some stages start their threads on their first work: wait until every one is there.
+    let stages = [
+        "actix-rt",
+        "store-writer",
+        "store-checkpoin",
+        "script-0",
+        "deliver",
+        "deliver-store",
+    ];
+    let mut threads = Vec::new();
+    let all_started = wait_until(SETTLE_TIMEOUT, || {
+        threads = thread_nice_values(server.pid());
+        stages
+            .iter()
+            .all(|stage| threads.iter().any(|(name, _)| name.starts_with(stage)))
+    });
+    assert!(all_started, "not every stage's thread started: {threads:?}");
     let nice_of = |prefix: &str| {
         threads
             .iter()
