@@ -87,7 +87,7 @@ impl Counted {
             for row in &rows {
                 if let Some(upgrade) = Upgrade::parse(&row.notify_type, &row.body, row.received_at)
                 {
-                    self.index.apply(upgrade);
+                    self.index.apply(row.seq, upgrade);
                 }
             }
             if let Some(last) = rows.last() {
