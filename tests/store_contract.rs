@@ -84,4 +84,5 @@ contract!(
     a_refused_batch_adds_nothing_to_a_digest,
     two_firing_at_once_make_one_event_per_digest,
     an_addition_after_a_digest_fired_opens_a_new_one,
+    the_campaign_counts_take_every_result_and_retry_once,
 );

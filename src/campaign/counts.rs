@@ -18,6 +18,14 @@ pub struct Retry {
     pub queued_at: Millis,
 }
 
+/// One result of a device, as [`Campaign::count_result`] counts it.
+pub(super) struct DeviceResult {
+    pub(super) operation_id: String,
+    pub(super) succeeded: bool,
+    pub(super) error_code: String,
+    pub(super) at: Millis,
+}
+
 /// A device's latest state in one campaign.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -28,6 +36,8 @@ pub struct DeviceRecord {
     pub error_code: Option<String>,
     pub operation_id: String,
     pub last_at: Millis,
+    /// The arrival number of its latest result (0 while it has none).
+    pub arrival: i64,
 }
 
 impl DeviceRecord {
@@ -171,31 +181,32 @@ impl Campaign {
         self.last_at = Some(self.last_at.map_or(at, |last| last.max(at)));
     }
 
-    /// Counts a device's result: its latest, and whether it ever failed.
-    pub(super) fn count_result(
-        &mut self,
-        device_id: &str,
-        operation_id: String,
-        succeeded: bool,
-        error_code: String,
-        at: Millis,
-    ) {
-        self.touch(at);
-        self.results.push((at, succeeded));
-        let ever_failed = !succeeded
-            || self
-                .devices
-                .get(device_id)
-                .is_some_and(|record| record.ever_failed);
-        let record = DeviceRecord {
-            status: match succeeded {
-                true => DeviceStatus::Succeeded,
-                false => DeviceStatus::Failed,
+    /// Counts a device's result, of arrival number `arrival`: its latest by arrival, whatever
+    /// order results are counted in, and whether it ever failed.
+    pub(super) fn count_result(&mut self, device_id: &str, result: DeviceResult, arrival: i64) {
+        self.touch(result.at);
+        self.results.push((result.at, result.succeeded));
+        let current = self.devices.get(device_id);
+        let ever_failed = !result.succeeded || current.is_some_and(|record| record.ever_failed);
+        let record = match current {
+            Some(later) if later.status != DeviceStatus::InProgress && later.arrival > arrival => {
+                DeviceRecord {
+                    ever_failed,
+                    last_at: later.last_at.max(result.at),
+                    ..later.clone()
+                }
+            }
+            _ => DeviceRecord {
+                status: match result.succeeded {
+                    true => DeviceStatus::Succeeded,
+                    false => DeviceStatus::Failed,
+                },
+                ever_failed,
+                error_code: (!result.succeeded).then_some(result.error_code),
+                operation_id: result.operation_id,
+                last_at: result.at,
+                arrival,
             },
-            ever_failed,
-            error_code: (!succeeded).then_some(error_code),
-            operation_id,
-            last_at: at,
         };
         self.set_device(device_id, record);
     }

@@ -34,7 +34,9 @@ pub struct CampaignIndex {
 }
 
 impl CampaignIndex {
-    pub fn apply(&mut self, upgrade: Upgrade) {
+    /// Counts `upgrade`, the notification of arrival number `arrival`. A device's results
+    /// may come in any order: the one that arrived last is its latest.
+    pub fn apply(&mut self, arrival: i64, upgrade: Upgrade) {
         match upgrade {
             Upgrade::Result {
                 kind,
@@ -50,8 +52,14 @@ impl CampaignIndex {
                     target_version,
                 };
                 self.learn_operation(&operation_id, &key);
+                let result = DeviceResult {
+                    operation_id,
+                    succeeded,
+                    error_code,
+                    at,
+                };
                 let campaign = self.campaigns.entry(key).or_default();
-                campaign.count_result(&device_id, operation_id, succeeded, error_code, at);
+                campaign.count_result(&device_id, result, arrival);
             }
             Upgrade::StateChange {
                 device_id,
@@ -88,6 +96,7 @@ impl CampaignIndex {
                     error_code: None,
                     operation_id,
                     last_at: at,
+                    arrival: 0,
                 },
             ),
         }
@@ -222,7 +231,7 @@ impl CampaignIndex {
         let Some(campaign) = self.campaigns.get(key) else {
             return Vec::new();
         };
-        campaign
+        let mut retries: Vec<(Retry, Option<DeviceRecord>)> = campaign
             .retries
             .iter()
             .map(|retry| {
@@ -231,7 +240,12 @@ impl CampaignIndex {
                     campaign.devices.get(&retry.device_id).cloned(),
                 )
             })
-            .collect()
+            .collect();
+        // Counted in the store's catch-up order, which need not be the order queued.
+        retries.sort_by(|(a, _), (b, _)| {
+            (a.queued_at, &a.action_id).cmp(&(b.queued_at, &b.action_id))
+        });
+        retries
     }
 }
 
@@ -286,9 +300,9 @@ mod tests {
     #[test]
     fn a_state_change_waits_for_its_task_to_be_known_then_counts_in_progress() {
         let mut index = CampaignIndex::default();
-        index.apply(state("d1", "op-2", 1));
+        index.apply(1, state("d1", "op-2", 1));
         assert!(index.summaries().is_empty(), "no campaign knows op-2 yet");
-        index.apply(result("d2", "op-2", false, 2));
+        index.apply(2, result("d2", "op-2", false, 2));
         let (summary, codes, operations) = index.summary(&key()).unwrap();
         assert_eq!((summary.counts.devices, summary.counts.in_progress), (2, 1));
         assert_eq!(
@@ -304,14 +318,14 @@ mod tests {
     #[test]
     fn failed_then_succeeded_is_succeeded_and_recovered_and_leaves_the_error_codes() {
         let mut index = CampaignIndex::default();
-        index.apply(result("d1", "op-1", false, 1));
-        index.apply(state("d1", "op-1", 2));
+        index.apply(1, result("d1", "op-1", false, 1));
+        index.apply(2, state("d1", "op-1", 2));
         assert_eq!(
             index.summary(&key()).unwrap().0.counts.failed,
             1,
             "a state change after a result changes nothing"
         );
-        index.apply(result("d1", "op-3", true, 3));
+        index.apply(3, result("d1", "op-3", true, 3));
         let (summary, codes, _) = index.summary(&key()).unwrap();
         assert_eq!(
             summary.counts,
@@ -327,9 +341,50 @@ mod tests {
     }
 
     #[test]
+    fn a_device_counts_by_the_result_that_arrived_last_whatever_order_they_are_counted_in() {
+        let arrivals = [
+            result("d1", "op-1", false, 1),
+            result("d1", "op-2", true, 2),
+            result("d1", "op-3", false, 3),
+        ];
+        for order in [[0, 1, 2], [2, 1, 0], [0, 2, 1], [2, 0, 1]] {
+            let mut index = CampaignIndex::default();
+            for position in order {
+                index.apply(position as i64 + 1, arrivals[position].clone());
+            }
+            let (summary, codes, _) = index.summary(&key()).unwrap();
+            assert_eq!(
+                (
+                    summary.counts.devices,
+                    summary.counts.failed,
+                    summary.counts.recovered
+                ),
+                (1, 1, 0),
+                "counted in order {order:?}"
+            );
+            assert_eq!(codes.len(), 1, "counted in order {order:?}");
+            assert_eq!(
+                index.devices(&key(), &DeviceFilter::default())[0]
+                    .1
+                    .operation_id,
+                "op-3"
+            );
+        }
+        let mut index = CampaignIndex::default();
+        index.apply(2, result("d1", "op-2", true, 2));
+        index.apply(1, arrivals[0].clone());
+        let counts = index.summary(&key()).unwrap().0.counts;
+        assert_eq!(
+            (counts.succeeded, counts.recovered),
+            (1, 1),
+            "a failure that arrived before the success, counted after it, still makes it recovered"
+        );
+    }
+
+    #[test]
     fn a_task_notirouter_created_is_learnt_from_its_action_result() {
         let mut index = CampaignIndex::default();
-        index.apply(result("d1", "op-1", false, 1));
+        index.apply(1, result("d1", "op-1", false, 1));
         let retry = serde_json::to_string(&Action {
             spec: ActionSpec::Platform(crate::action::PlatformOp::retry_upgrade(
                 "d1",
@@ -340,7 +395,7 @@ mod tests {
         })
         .unwrap();
         index.apply_action("a1", Millis(2), &retry);
-        index.apply(state("d9", "op-new", 3));
+        index.apply(3, state("d9", "op-new", 3));
         assert_eq!(index.tasks_to_confirm(), ["a1"]);
         index.confirm_task("a1", ActionStatus::Sent, Some("op-new"));
         let (summary, _, operations) = index.summary(&key()).unwrap();

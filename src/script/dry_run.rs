@@ -179,13 +179,14 @@ impl MemoryCampaigns {
         })
     }
 
-    fn count(&self, body: &[u8], now: Millis) {
+    /// Counts `body`, the notification of arrival number `arrival`.
+    fn count(&self, body: &[u8], now: Millis, arrival: i64) {
         let notify_type = serde_json::from_slice::<Value>(body)
             .ok()
             .and_then(|body| Some(body.get("notifyType")?.as_str()?.to_owned()));
         let upgrade = notify_type.and_then(|kind| Upgrade::parse(&kind, body, now));
         if let Some(upgrade) = upgrade {
-            lock(&self.index).apply(upgrade);
+            lock(&self.index).apply(arrival, upgrade);
         }
     }
 }
@@ -248,7 +249,8 @@ impl DryRun {
             Err(error) => return Err(error.to_string()),
         };
         let now = Millis::now();
-        self.campaigns.count(body, now);
+        // Runs are numbered in arrival order (`dry-run-N`): this one is the next.
+        self.campaigns.count(body, now, self.next as i64 + 1);
         self.run_input(body, problems, "http", meta, now)
     }
 

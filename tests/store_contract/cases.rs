@@ -6,11 +6,13 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use notirouter::action::{Action, ActionSpec, Chat};
+use notirouter::action::{Action, ActionSpec, Chat, PlatformOp};
+use notirouter::campaign::{CampaignKey, Counter, Counts, Kind, Upgrade};
 use notirouter::destination::Destination;
 use notirouter::model::state::{DIGEST_ITEMS, DigestKey, Effective, StateChanges, StateView};
 use notirouter::model::{EventId, EventStatus, Millis};
 use notirouter::notification::canonical_hash;
+use notirouter::store::campaigns::CampaignView;
 use notirouter::store::{
     Appended, Attempt, AttemptOutcome, CallLimit, Claimer, DeliveryUpdate, EventOutcome, NewEvent,
     PendingAction, PlatformToken, Store, StoreError, StoredEvent,
@@ -33,13 +35,18 @@ fn later(ms: i64) -> Millis {
 }
 
 fn notification(device: &str, n: usize) -> NewEvent {
-    let body = json!({"notifyType": "customAlert", "deviceId": device, "n": n});
+    event_of(json!({"notifyType": "customAlert", "deviceId": device, "n": n}))
+}
+
+/// `body` (with its `notifyType` and `deviceId`), received at [`T0`].
+fn event_of(body: serde_json::Value) -> NewEvent {
+    let field = |name: &str| body[name].as_str().map(str::to_owned);
     NewEvent {
         received_at: T0,
         path: "/v1.0.0/messageReceiver".to_owned(),
         remote_addr: None,
-        notify_type: Some("customAlert".to_owned()),
-        device_id: Some(device.to_owned()),
+        notify_type: field("notifyType"),
+        device_id: field("deviceId"),
         body: serde_json::to_vec(&body).unwrap(),
         hash: canonical_hash(&body),
         warnings: Vec::new(),
@@ -797,4 +804,93 @@ pub fn an_addition_after_a_digest_fired_opens_a_new_one(backend: Backend) {
         (&first[0]["items"], &second[0]["items"]),
         (&json!([1]), &json!([2]))
     );
+}
+
+/// How long the campaign counts may take to reach what was committed: a backend may hold rows
+/// back while an older transaction runs (other tests' on a shared server, briefly).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(20);
+
+fn upgrade_failure(device: &str) -> NewEvent {
+    event_of(json!({
+        "notifyType": "swUpgradeResultNotify", "deviceId": device, "operationId": "op-1",
+        "targetVersion": "1.5", "swUpgradeResult": "FAIL", "errorCode": "7"
+    }))
+}
+
+fn retry_of(event: &StoredEvent) -> Action {
+    let device = event.device_id.as_deref().expect("a device");
+    Action {
+        spec: ActionSpec::Platform(PlatformOp::retry_upgrade(
+            device,
+            "swUpgradeResultNotify",
+            "1.5",
+        )),
+        plugin: "p.rhai".to_owned(),
+    }
+}
+
+/// The campaign once `counter` has caught up with `view` to `devices` devices: its counts and
+/// how many results its timeline holds (one per result counted).
+fn counted(counter: &Counter, view: &dyn CampaignView, devices: u64) -> (Counts, u64) {
+    let key = CampaignKey {
+        kind: Kind::Software,
+        target_version: "1.5".to_owned(),
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let detail = counter.read(view, |index| index.detail(&key)).unwrap();
+        if let Some(detail) = detail.filter(|d| d.report.summary.counts.devices >= devices) {
+            let results = detail.timeline.iter().map(|p| p.succeeded + p.failed);
+            return (detail.report.summary.counts, results.sum());
+        }
+        assert!(
+            started.elapsed() < CATCH_UP_WAIT,
+            "fewer than {devices} devices counted after {CATCH_UP_WAIT:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// The counts behind the dashboard and `campaign(n)`, caught up from the store between its
+/// writes: each upgrade result and each retry counted once, and a run's report holding its own
+/// event with every one counted before it.
+pub fn the_campaign_counts_take_every_result_and_retry_once(backend: Backend) {
+    let store = backend.store;
+    let view = store
+        .campaign_view()
+        .expect("the backend has a campaign view");
+    let counter = Counter::default();
+    let by = Claimer::named("scripts");
+    for round in 0..3u64 {
+        let failures = ["a", "b"].map(|name| upgrade_failure(&format!("dev-{round}-{name}")));
+        append(&*store, &failures);
+        let claimed = store.claim_events(&by, 10, T0).unwrap();
+        let last = claimed.last().expect("both claimed");
+        let upgrade = Upgrade::parse("swUpgradeResultNotify", &last.body, last.received_at);
+        let report = counter
+            .report_through(view, last.seq, &upgrade.expect("an upgrade result"))
+            .unwrap()
+            .expect("the run's own campaign");
+        let failed = report.summary.counts.failed;
+        assert!(
+            (2 * round + 1..=2 * round + 2).contains(&failed),
+            "round {round}: {failed} failed"
+        );
+        let outcomes: Vec<EventOutcome> = claimed
+            .iter()
+            .map(|event| handled(event, &by, vec![retry_of(event)]))
+            .collect();
+        store
+            .record_outcomes(&outcomes, &StateChanges::default(), T0)
+            .unwrap();
+        let (counts, results) = counted(&counter, view, 2 * round + 2);
+        assert_eq!(counts.failed, 2 * round + 2, "round {round}");
+        assert_eq!(results, 2 * round + 2, "round {round}: each result once");
+    }
+    let retries = || counter.read(view, |index| index.summaries()[0].counts.retries);
+    let started = std::time::Instant::now();
+    while retries().unwrap() < 6 && started.elapsed() < CATCH_UP_WAIT {
+        std::thread::yield_now();
+    }
+    assert_eq!(retries().unwrap(), 6, "each retry once");
 }

@@ -10,7 +10,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x6e6f_7469_726f_7574;
 
 /// Each entry upgrades the schema by one version; append, never edit.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the whole schema of the SQLite store's migrations 1 to 6, in PostgreSQL's terms.
     //
     // `seq` comes from a sequence (taken before the insert, so that a batch knows its ids and
@@ -140,6 +140,18 @@ const MIGRATIONS: &[&str] = &[
         item TEXT NOT NULL,
         PRIMARY KEY (plugin, key, position)
     );",
+    // 4: the writing transaction of each event and action, for the campaign counts' catch-up
+    // (campaigns.rs), indexed in catch-up order for upgrade notifications and platform actions
+    // alone. Rows stored before keep transaction 0: they committed before this migration.
+    "ALTER TABLE events ADD COLUMN tx xid8 NOT NULL DEFAULT '0';
+    ALTER TABLE events ALTER COLUMN tx SET DEFAULT pg_current_xact_id();
+    CREATE INDEX events_upgrades ON events (tx, seq) WHERE notify_type IN \
+        ('swUpgradeStateChangeNotify', 'swUpgradeResultNotify', \
+         'fwUpgradeStateChangeNotify', 'fwUpgradeResultNotify');
+    ALTER TABLE actions ADD COLUMN tx xid8 NOT NULL DEFAULT '0';
+    ALTER TABLE actions ALTER COLUMN tx SET DEFAULT pg_current_xact_id();
+    DROP INDEX actions_platform;
+    CREATE INDEX actions_platform ON actions (tx, id) WHERE kind = 'platform';",
 ];
 
 /// Brings the schema up to date, whichever instance gets there first.
