@@ -3,7 +3,8 @@
 # on SQLite with its own checkout's default configuration and shipped plugins, loaded in turn
 # by this checkout's `loadgen --target` (closed loop, c=128), ROUNDS pairs (default 3), first
 # with new notifications, then with a re-push storm (every body twice). Pairs alternate, so a
-# drift of the machine's speed falls on both sides.
+# drift of the machine's speed falls on both sides. After each load it prints how many events
+# the script stage processed meanwhile: on two cores it competes with the receiver.
 #
 #   cargo build --release --bins --examples   # here; `cargo build --release` in A and B
 #   examples/compare/run.sh A B [ROUNDS] [loadgen options]
@@ -37,6 +38,11 @@ measure() {
     echo "== $name ($checkout) $*"
     start "$checkout" 18091 ""
     "$loadgen" --target http://127.0.0.1:18091 --pid "${pids[0]}" --connections 128 "$@"
+    # The scripts share the cores with the receiver: what they got through counts too.
+    echo "  script stage    $(curl -sf http://127.0.0.1:18091/metrics |
+        awk '$1 == "notirouter_events_processed_total" { print $2 }') events processed" \
+        "(warm-up and window), $(curl -sf http://127.0.0.1:18091/metrics |
+        awk '$1 ~ /^notirouter_notifications_received_total/ { sum += $2 } END { print sum }') received"
     stop_all
     rm -rf "$work/instance-18091"
 }
