@@ -42,24 +42,37 @@ impl SqliteStore {
                         .collect()
                 })
                 .map_err(database("finding events to claim"))?;
-            let mut claimed = Vec::new();
-            for seq in claimable(&window, by.as_str(), now, limit) {
-                execute_cached(
-                    transaction,
-                    "INSERT INTO event_claims (seq, claimed_by, lease_until) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (seq) DO UPDATE SET claimed_by = excluded.claimed_by,
-                     lease_until = excluded.lease_until",
-                    params![seq, by.as_str(), lease_until],
-                )
-                .map_err(database("claiming an event"))?;
-                let row = transaction
-                    .prepare_cached(&format!(
-                        "SELECT {STORED_COLUMNS} FROM events WHERE seq = ?1"
-                    ))
-                    .and_then(|mut statement| statement.query_row([seq], stored_row))
-                    .map_err(database("reading a claimed event"))?;
-                claimed.push(row.into_event()?);
+            let chosen = claimable(&window, by.as_str(), now, limit);
+            if chosen.is_empty() {
+                return Ok(Vec::new());
             }
+            // One statement for the batch each way: per-event statements cost the one writer
+            // more than the rows themselves.
+            let seqs = serde_json::to_string(&chosen).expect("sequence numbers serialise");
+            execute_cached(
+                transaction,
+                "INSERT INTO event_claims (seq, claimed_by, lease_until)
+                 SELECT value, ?2, ?3 FROM json_each(?1) WHERE true
+                 ON CONFLICT (seq) DO UPDATE SET claimed_by = excluded.claimed_by,
+                 lease_until = excluded.lease_until",
+                params![seqs, by.as_str(), lease_until],
+            )
+            .map_err(database("claiming events"))?;
+            let rows = transaction
+                .prepare_cached(&format!(
+                    "SELECT {STORED_COLUMNS} FROM events
+                     WHERE seq IN (SELECT value FROM json_each(?1)) ORDER BY seq"
+                ))
+                .and_then(|mut statement| {
+                    statement
+                        .query_map([&seqs], stored_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(database("reading claimed events"))?;
+            let claimed: Vec<StoredEvent> = rows
+                .into_iter()
+                .map(|row| row.into_event())
+                .collect::<Result<_, _>>()?;
             Ok(claimed)
         })
     }
