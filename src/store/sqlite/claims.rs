@@ -9,7 +9,7 @@ use super::queries::{STORED_COLUMNS, stored_row};
 use super::{SqliteStore, begin, database, execute_cached};
 use crate::destination::Destination;
 use crate::model::Millis;
-use crate::store::claim::{WindowRow, claimable};
+use crate::store::claim::{WINDOW_PER_EVENT, WindowRow, claimable};
 use crate::store::{Claimer, PendingAction, StoreError, StoredEvent};
 
 impl SqliteStore {
@@ -21,28 +21,14 @@ impl SqliteStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let lease_until = now.0.saturating_add(self.lease.as_millis() as i64);
         self.claim_write(|transaction| {
-            let window: Vec<WindowRow> = transaction
-                .prepare_cached(
-                    "SELECT events.seq, events.device_id, event_claims.claimed_by,
-                     event_claims.lease_until FROM events
-                     LEFT JOIN event_claims ON event_claims.seq = events.seq
-                     WHERE events.status = 'pending' ORDER BY events.seq LIMIT ?1",
-                )
-                .and_then(|mut statement| {
-                    let rows = limit.saturating_mul(crate::store::claim::WINDOW_PER_EVENT) as i64;
-                    statement
-                        .query_map([rows], |row| {
-                            Ok(WindowRow {
-                                seq: row.get(0)?,
-                                device_id: row.get(1)?,
-                                claimed_by: row.get(2)?,
-                                lease_until: row.get(3)?,
-                            })
-                        })?
-                        .collect()
-                })
-                .map_err(database("finding events to claim"))?;
-            let chosen = claimable(&window, by.as_str(), now, limit);
+            // The oldest `limit` events are usually enough; the wider window is read only when
+            // other claimers hold some of them.
+            let mut window = oldest_pending(transaction, limit)?;
+            let mut chosen = claimable(&window, by.as_str(), now, limit);
+            if chosen.len() < limit && window.len() == limit {
+                window = oldest_pending(transaction, limit.saturating_mul(WINDOW_PER_EVENT))?;
+                chosen = claimable(&window, by.as_str(), now, limit);
+            }
             if chosen.is_empty() {
                 return Ok(Vec::new());
             }
@@ -171,4 +157,31 @@ impl SqliteStore {
             .map_err(database("restoring synchronous = FULL after a claim"))?;
         claimed
     }
+}
+
+/// The `rows` oldest pending events with their claims, as a claim weighs them.
+fn oldest_pending(
+    transaction: &Transaction<'_>,
+    rows: usize,
+) -> Result<Vec<WindowRow>, StoreError> {
+    transaction
+        .prepare_cached(
+            "SELECT events.seq, events.device_id, event_claims.claimed_by,
+             event_claims.lease_until FROM events
+             LEFT JOIN event_claims ON event_claims.seq = events.seq
+             WHERE events.status = 'pending' ORDER BY events.seq LIMIT ?1",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map([rows as i64], |row| {
+                    Ok(WindowRow {
+                        seq: row.get(0)?,
+                        device_id: row.get(1)?,
+                        claimed_by: row.get(2)?,
+                        lease_until: row.get(3)?,
+                    })
+                })?
+                .collect()
+        })
+        .map_err(database("finding events to claim"))
 }
