@@ -28,7 +28,9 @@
 //!   default: production email goes over SMTP, off this core). The shipped storm guard would fold the failures of one target version beyond
 //!   5 per 10 minutes into one storm message; every FAIL here targets version 1.5, so
 //!   `[vars] storm_threshold` is set to 1,000,000,000 so that every FAIL gets its own chat
-//!   message and email. "No plugins": the same config with an empty scripts dir (the script
+//!   message and email; likewise `guard_min_devices`, so that the campaign guard, which
+//!   would send one alert of its own when a campaign fails everywhere (the drain phase's
+//!   FAILs do), never trips and every message at the sink is a FAIL's. "No plugins": the same config with an empty scripts dir (the script
 //!   worker still commits an outcome per event). `hot_reload = false` in both.
 //! - The sink is an HTTP/1.1 server in this process that answers 200 (or 503 while "down") and
 //!   records each request's arrival time and the device id in its text, so that each chat
@@ -456,8 +458,8 @@ impl Bench {
         );
         println!(
             "  with plugins: a copy of {} as [scripts] dir, channel ops = slack → the sink, \
-             email = {}, vars.storm_threshold = {STORM_THRESHOLD} (every FAIL \
-             alerts on its own); RUST_LOG={RUST_LOG}",
+             email = {}, vars.storm_threshold = vars.guard_min_devices = {STORM_THRESHOLD} \
+             (every FAIL alerts on its own, the campaign guard never trips); RUST_LOG={RUST_LOG}",
             self.scripts.display(),
             self.plan.email.name()
         );
@@ -489,6 +491,7 @@ impl Bench {
             "ops_email": "ops@example.com",
             "chat_channel": "ops",
             "storm_threshold": STORM_THRESHOLD,
+            "guard_min_devices": STORM_THRESHOLD,
             "storm_window": "10m",
             "transient_error_codes": ["1", "2", "4", "6", "9"],
         });
