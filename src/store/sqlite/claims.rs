@@ -5,7 +5,7 @@
 use rusqlite::{Transaction, params};
 
 use super::delivery::{PENDING_COLUMNS, pending_row};
-use super::queries::{STORED_COLUMNS, stored_row};
+use super::queries::{STORED_COLUMNS, StoredRow, stored_row};
 use super::{SqliteStore, begin, database, execute_cached};
 use crate::destination::Destination;
 use crate::model::Millis;
@@ -21,14 +21,7 @@ impl SqliteStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let lease_until = now.0.saturating_add(self.lease.as_millis() as i64);
         self.claim_write(|transaction| {
-            // The oldest `limit` events are usually enough; the wider window is read only when
-            // other claimers hold some of them.
-            let mut window = oldest_pending(transaction, limit)?;
-            let mut chosen = claimable(&window, by.as_str(), now, limit);
-            if chosen.len() < limit && window.len() == limit {
-                window = oldest_pending(transaction, limit.saturating_mul(WINDOW_PER_EVENT))?;
-                chosen = claimable(&window, by.as_str(), now, limit);
-            }
+            let chosen = choose_events(transaction, by, limit, now)?;
             if chosen.is_empty() {
                 return Ok(Vec::new());
             }
@@ -55,11 +48,7 @@ impl SqliteStore {
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })
                 .map_err(database("reading claimed events"))?;
-            let claimed: Vec<StoredEvent> = rows
-                .into_iter()
-                .map(|row| row.into_event())
-                .collect::<Result<_, _>>()?;
-            Ok(claimed)
+            rows.into_iter().map(StoredRow::into_event).collect()
         })
     }
 
@@ -157,6 +146,23 @@ impl SqliteStore {
             .map_err(database("restoring synchronous = FULL after a claim"))?;
         claimed
     }
+}
+
+/// The events `by` may claim. The oldest `limit` pending events are usually enough; the wider
+/// window is read only when other claimers hold some of them.
+fn choose_events(
+    transaction: &Transaction<'_>,
+    by: &Claimer,
+    limit: usize,
+    now: Millis,
+) -> Result<Vec<i64>, StoreError> {
+    let window = oldest_pending(transaction, limit)?;
+    let chosen = claimable(&window, by.as_str(), now, limit);
+    if chosen.len() == limit || window.len() < limit {
+        return Ok(chosen);
+    }
+    let window = oldest_pending(transaction, limit.saturating_mul(WINDOW_PER_EVENT))?;
+    Ok(claimable(&window, by.as_str(), now, limit))
 }
 
 /// The `rows` oldest pending events with their claims, as a claim weighs them.
