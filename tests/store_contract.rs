@@ -67,6 +67,7 @@ macro_rules! contract {
 contract!(
     two_claimers_racing_on_one_event_run_it_once,
     a_device_waits_behind_its_earlier_event_held_by_another_claimer,
+    a_claim_looks_past_the_oldest_events_when_another_claimer_holds_them,
     an_event_whose_claimer_stalls_past_the_lease_goes_to_another,
     an_event_number_is_never_given_twice_even_after_the_newest_were_pruned,
     claimers_share_due_actions_without_overlap,

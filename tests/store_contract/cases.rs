@@ -160,6 +160,29 @@ pub fn a_device_waits_behind_its_earlier_event_held_by_another_claimer(backend: 
     );
 }
 
+pub fn a_claim_looks_past_the_oldest_events_when_another_claimer_holds_them(backend: Backend) {
+    let store = backend.store;
+    let appended = append(
+        &*store,
+        &[
+            notification("a", 1),
+            notification("b", 1),
+            notification("c", 1),
+            notification("d", 1),
+        ],
+    );
+    let (first, second) = (Claimer::named("first"), Claimer::named("second"));
+    assert_eq!(
+        ids(&store.claim_events(&first, 2, T0).unwrap()),
+        appended[..2]
+    );
+    assert_eq!(
+        ids(&store.claim_events(&second, 2, T0).unwrap()),
+        appended[2..],
+        "the two oldest are held, so the claim takes the two after them"
+    );
+}
+
 pub fn an_event_whose_claimer_stalls_past_the_lease_goes_to_another(backend: Backend) {
     let store = backend.store;
     let event = append(&*store, &[notification("a", 1)])[0];
