@@ -25,13 +25,14 @@
 //!   channel `ops` is `kind = "slack"` posting to the sink, email is `transport = "log"` (an
 //!   INFO line per message; `--email file` writes `.eml` files into the temp dir instead, whose
 //!   file system work costs the server's core far more than the scripts do, so it is not the
-//!   default: production email goes over SMTP, off this core). The shipped storm guard would fold the failures of one target version beyond
-//!   5 per 10 minutes into one storm message; every FAIL here targets version 1.5, so
-//!   `[vars] storm_threshold` is set to 1,000,000,000 so that every FAIL gets its own chat
-//!   message and email; likewise `guard_min_devices`, so that the campaign guard, which
-//!   would send one alert of its own when a campaign fails everywhere (the drain phase's
-//!   FAILs do), never trips and every message at the sink is a FAIL's. "No plugins": the same config with an empty scripts dir (the script
-//!   worker still commits an outcome per event). `hot_reload = false` in both.
+//!   default: production email goes over SMTP, off this core). Every FAIL here targets version
+//!   1.5, so two shipped guards would trip: the storm guard would fold the failures of one target
+//!   version beyond 5 per 10 minutes into one storm message, and the campaign guard would send
+//!   one alert of its own when a campaign fails everywhere (the drain phase's FAILs do).
+//!   `[vars] storm_threshold` and `guard_min_devices` are set to 1,000,000,000, so that neither
+//!   trips, every FAIL gets its own chat message and email, and every message at the sink is a
+//!   FAIL's. "No plugins": the same config with an empty scripts dir (the script worker still
+//!   commits an outcome per event). `hot_reload = false` in both.
 //! - The sink is an HTTP/1.1 server in this process that answers 200 (or 503 while "down") and
 //!   records each request's arrival time and the device id in its text, so that each chat
 //!   message is matched to the FAIL the load generator saw accepted, and when.
@@ -100,8 +101,9 @@ const PINNED_ENV: &str = "PIPELINE_PINNED";
 const RUST_LOG: &str = "warn,notirouter=info";
 /// One notification in this many is a FAIL.
 const FAIL_EVERY: u64 = 10;
-/// High enough that the storm guard never folds a FAIL into a storm message.
-const STORM_THRESHOLD: i64 = 1_000_000_000;
+/// A threshold no run reaches: the storm guard never folds a FAIL into a storm message and the
+/// campaign guard never trips.
+const NEVER_REACHED: i64 = 1_000_000_000;
 /// The server's own default cooldown.
 const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 /// How often the backlog is sampled during a run (more often in runs under 10 s).
@@ -458,7 +460,7 @@ impl Bench {
         );
         println!(
             "  with plugins: a copy of {} as [scripts] dir, channel ops = slack → the sink, \
-             email = {}, vars.storm_threshold = vars.guard_min_devices = {STORM_THRESHOLD} \
+             email = {}, vars.storm_threshold = vars.guard_min_devices = {NEVER_REACHED} \
              (every FAIL alerts on its own, the campaign guard never trips); RUST_LOG={RUST_LOG}",
             self.scripts.display(),
             self.plan.email.name()
@@ -490,8 +492,8 @@ impl Bench {
         config["vars"] = serde_json::json!({
             "ops_email": "ops@example.com",
             "chat_channel": "ops",
-            "storm_threshold": STORM_THRESHOLD,
-            "guard_min_devices": STORM_THRESHOLD,
+            "storm_threshold": NEVER_REACHED,
+            "guard_min_devices": NEVER_REACHED,
             "storm_window": "10m",
             "transient_error_codes": ["1", "2", "4", "6", "9"],
         });
