@@ -2,7 +2,7 @@
 //!
 //! Scripts are sandboxed: rhai has no file, process or network access of its own, `eval` is
 //! disabled, modules resolve only inside `scripts.dir`, and every limit is set explicitly.
-//! Wall-clock time is enforced through `on_progress` against the run's deadline.
+//! `max_run_time` is enforced through `on_progress` against the run's CPU-time budget.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -11,9 +11,9 @@ use rhai::{Dynamic, Engine, EvalAltResult, Module, ModuleResolver, Position};
 
 use super::{Limits, Settings, bindings, run};
 
-/// Operations between two deadline checks: reading the clock on every operation would cost
+/// Operations between two budget checks: reading the clock on every operation would cost
 /// more than the script.
-const DEADLINE_CHECK_EVERY: u64 = 256;
+const BUDGET_CHECK_EVERY: u64 = 256;
 
 pub(crate) fn build(limits: &Limits, settings: &Settings, dir: &Path) -> Engine {
     let mut engine = Engine::new();
@@ -26,7 +26,7 @@ pub(crate) fn build(limits: &Limits, settings: &Settings, dir: &Path) -> Engine 
     engine.set_max_modules(64);
     engine.disable_symbol("eval");
     engine.on_progress(|operations| {
-        (operations % DEADLINE_CHECK_EVERY == 0 && run::past_deadline())
+        (operations % BUDGET_CHECK_EVERY == 0 && run::budget_spent())
             .then(|| Dynamic::from("max_run_time exceeded"))
     });
     engine.on_print(|text| {

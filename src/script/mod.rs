@@ -6,6 +6,7 @@
 //! serves `notirouter test`. Bindings only queue actions: no script ever waits on the network.
 
 mod bindings;
+mod budget;
 mod campaigns;
 mod digests;
 pub mod dry_run;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, Scope};
 
+use super::budget::RunBudget;
 use super::run::{self, RunContext};
 use super::{Committed, Limits, ScriptError, Settings, engine};
 use crate::action::Action;
@@ -340,7 +341,7 @@ impl PluginSet {
             plugin: plugin.name.clone(),
             event_id: event.id.clone(),
             now: pass.now,
-            deadline: started + self.max_run_time,
+            budget: RunBudget::start(self.max_run_time),
             committed: pass.committed.clone(),
             changes: std::mem::take(changes),
             actions: Vec::new(),

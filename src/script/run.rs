@@ -7,19 +7,19 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::action::Action;
 use crate::model::Millis;
 use crate::model::state::{Effective, StateChanges, StateError};
 
+use super::budget::RunBudget;
 use super::{Committed, Settings};
 
 pub(crate) struct RunContext {
     pub plugin: String,
     pub event_id: String,
     pub now: Millis,
-    pub deadline: Instant,
+    pub budget: RunBudget,
     pub committed: Committed,
     pub changes: StateChanges,
     pub actions: Vec<Action>,
@@ -85,10 +85,6 @@ pub(crate) fn tags() -> (String, String) {
 }
 
 /// True once the current run has used up `max_run_time`.
-pub(crate) fn past_deadline() -> bool {
-    CURRENT.with_borrow(|current| {
-        current
-            .as_ref()
-            .is_some_and(|run| Instant::now() >= run.deadline)
-    })
+pub(crate) fn budget_spent() -> bool {
+    CURRENT.with_borrow(|current| current.as_ref().is_some_and(|run| run.budget.is_spent()))
 }
