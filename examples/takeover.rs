@@ -350,7 +350,7 @@ impl Database {
                 )
             })?;
         Ok(Database {
-            url: with_database(server, &name),
+            url: with_database(server, &name)?,
             server: server.to_owned(),
             name,
         })
@@ -391,19 +391,11 @@ async fn admin(server: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
 }
 
 /// `server` with its database replaced by `name` (and its query string kept).
-fn with_database(server: &str, name: &str) -> String {
-    let (base, query) = server.split_once('?').unwrap_or((server, ""));
-    let authority_end = base
-        .find("://")
-        .map(|scheme| scheme + 3)
-        .and_then(|start| base[start..].find('/').map(|slash| start + slash))
-        .unwrap_or(base.len());
-    let mut url = format!("{}/{name}", &base[..authority_end]);
-    if !query.is_empty() {
-        url.push('?');
-        url.push_str(query);
-    }
-    url
+fn with_database(server: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(server)
+        .with_context(|| format!("the PostgreSQL server {server:?} is not a postgres:// URL"))?;
+    url.set_path(name);
+    Ok(url.into())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -97,16 +97,8 @@ fn on_server<T>(
 
 /// `server` with its database replaced by `name` (and its query string kept).
 fn with_database(server: &str, name: &str) -> String {
-    let (base, query) = server.split_once('?').unwrap_or((server, ""));
-    let authority_end = base
-        .find("://")
-        .map(|scheme| scheme + 3)
-        .and_then(|start| base[start..].find('/').map(|slash| start + slash))
-        .unwrap_or(base.len());
-    let mut url = format!("{}/{name}", &base[..authority_end]);
-    if !query.is_empty() {
-        url.push('?');
-        url.push_str(query);
-    }
-    url
+    let mut url = url::Url::parse(server)
+        .unwrap_or_else(|error| panic!("NOTIROUTER_TEST_PG {server:?} is not a URL: {error}"));
+    url.set_path(name);
+    url.into()
 }
