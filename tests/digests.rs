@@ -75,6 +75,23 @@ fn summaries(texts: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The one storm summary among the chat `texts`; it must say `more` ("15 more").
+fn the_chat_summary(texts: &[String], more: &str) -> String {
+    let found = summaries(texts);
+    assert_eq!(found.len(), 1, "{texts:#?}");
+    assert!(found[0].contains(more), "{}", found[0]);
+    found[0].clone()
+}
+
+/// Posts `count` FAILs of devices `dev-0`, `dev-1`, ... one after the other, and waits until
+/// the scripts have run them.
+fn post_failures(server: &TestServer, count: usize) {
+    for n in 0..count {
+        server.post_accepted(&fixtures::sw_fail(&format!("dev-{n}")));
+    }
+    server.wait_until_processed();
+}
+
 fn single_alerts(texts: &[String]) -> usize {
     texts
         .iter()
@@ -139,13 +156,7 @@ fn a_storm_of_300_failures_alerts_the_threshold_one_by_one_then_one_summary_per_
     server.wait_until_processed();
     let texts = chat_texts(&chat);
     assert_eq!(single_alerts(&texts), 5, "{texts:#?}");
-    let chat_summaries = summaries(&texts);
-    assert_eq!(chat_summaries.len(), 1, "{texts:#?}");
-    let summary = &chat_summaries[0];
-    assert!(
-        summary.contains("295 more software upgrades to 1.5 failed"),
-        "{summary}"
-    );
+    let summary = the_chat_summary(&texts, "295 more software upgrades to 1.5 failed");
     assert!(
         summary.contains("by error code: 7 ×195, 4 ×100"),
         "{summary}"
@@ -179,10 +190,7 @@ fn a_storm_of_300_failures_alerts_the_threshold_one_by_one_then_one_summary_per_
 fn a_digest_open_at_a_kill_9_is_summarised_once_after_the_restart() {
     let (chat, smtp) = (HttpSink::start(), SmtpSink::start());
     let mut server = TestServer::start(&shipped_config(&chat, &smtp, "8s", ""));
-    for n in 0..20 {
-        server.post_accepted(&fixtures::sw_fail(&format!("dev-{n}")));
-    }
-    server.wait_until_processed();
+    post_failures(&server, 20);
     assert!(
         summaries(&chat_texts(&chat)).is_empty(),
         "the window was meant to outlast the posting"
@@ -192,24 +200,14 @@ fn a_digest_open_at_a_kill_9_is_summarised_once_after_the_restart() {
     wait_for_summaries(&server, &chat, &smtp, 1);
     let digests = settled_digest_events(&server);
     assert_eq!(digests.len(), 2, "one digest per plugin: {digests:#?}");
-    let texts = chat_texts(&chat);
-    let chat_summaries = summaries(&texts);
-    assert_eq!(chat_summaries.len(), 1, "{texts:#?}");
-    assert!(
-        chat_summaries[0].contains("15 more"),
-        "{}",
-        chat_summaries[0]
-    );
+    the_chat_summary(&chat_texts(&chat), "15 more");
 }
 
 #[test]
 fn a_digest_whose_window_ended_while_the_server_was_down_fires_as_it_starts() {
     let (chat, smtp) = (HttpSink::start(), SmtpSink::start());
     let mut server = TestServer::start(&shipped_config(&chat, &smtp, "2s", ""));
-    for n in 0..7 {
-        server.post_accepted(&fixtures::sw_fail(&format!("dev-{n}")));
-    }
-    server.wait_until_processed();
+    post_failures(&server, 7);
     server.kill9();
     // The digests opened before the events were processed: their window has ended once the
     // clock passes this point, with no server running.
@@ -222,9 +220,7 @@ fn a_digest_whose_window_ended_while_the_server_was_down_fires_as_it_starts() {
     let server = server.restart();
     wait_for_summaries(&server, &chat, &smtp, 1);
     assert_eq!(settled_digest_events(&server).len(), 2);
-    let texts = summaries(&chat_texts(&chat));
-    assert_eq!(texts.len(), 1, "{texts:#?}");
-    assert!(texts[0].contains("2 more"), "{}", texts[0]);
+    the_chat_summary(&chat_texts(&chat), "2 more");
 }
 
 #[test]
@@ -264,13 +260,7 @@ fn four_workers_fill_one_digest_per_plugin() {
     assert_eq!(digests.len(), 2, "one digest per plugin: {digests:#?}");
     let texts = chat_texts(&chat);
     assert_eq!(single_alerts(&texts), 5, "{texts:#?}");
-    let chat_summaries = summaries(&texts);
-    assert_eq!(chat_summaries.len(), 1, "{texts:#?}");
-    assert!(
-        chat_summaries[0].contains("195 more"),
-        "{}",
-        chat_summaries[0]
-    );
+    the_chat_summary(&texts, "195 more");
 }
 
 /// Two plugins open a digest per failure; one's `on_digest` throws.
@@ -415,13 +405,7 @@ fn a_storm_split_across_two_instances_on_postgresql_is_summarised_once_per_chann
     servers.iter().for_each(TestServer::wait_until_processed);
     let texts = chat_texts(&chat);
     assert_eq!(single_alerts(&texts), 5, "{texts:#?}");
-    let chat_summaries = summaries(&texts);
-    assert_eq!(chat_summaries.len(), 1, "{texts:#?}");
-    assert!(
-        chat_summaries[0].contains("195 more"),
-        "{}",
-        chat_summaries[0]
-    );
+    the_chat_summary(&texts, "195 more");
     let mailed = subjects(&smtp);
     let storms = mailed.iter().filter(|s| s.contains("storm")).count();
     let guards = mailed
