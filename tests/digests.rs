@@ -226,7 +226,7 @@ fn a_digest_whose_window_ended_while_the_server_was_down_fires_as_it_starts() {
 #[test]
 fn storms_of_two_versions_make_one_summary_each() {
     let (chat, smtp) = (HttpSink::start(), SmtpSink::start());
-    let server = TestServer::start(&shipped_config(&chat, &smtp, "4s", ""));
+    let server = TestServer::start(&shipped_config(&chat, &smtp, "8s", ""));
     for n in 0..8 {
         for version in ["1.5", "1.6"] {
             server.post_accepted(&fail_of_version(&format!("dev-{version}-{n}"), version));
