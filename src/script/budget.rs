@@ -29,7 +29,8 @@ struct Reading {
 }
 
 impl Reading {
-    fn now() -> Reading {
+    /// Reads the clock, and keeps the reading as the thread's last for the runs after.
+    fn take() -> Reading {
         let reading = Reading {
             cpu: thread_time(),
             at: Instant::now(),
@@ -46,11 +47,10 @@ thread_local! {
 /// The CPU time a run may use, counted from a reading of its thread's CPU clock.
 pub(crate) struct RunBudget {
     limit: Duration,
-    /// A reading from before the run started.
-    before: Reading,
-    /// The wall-clock time between `before` and the run's start: CPU time that may belong to
-    /// earlier work, so it is not charged to the run.
-    not_charged: Duration,
+    /// The thread's CPU clock from which the run is charged: the reading before the run, plus
+    /// the wall-clock time between that reading and the run's start, which may belong to
+    /// earlier work.
+    charged_from: Duration,
     /// Before this instant the run cannot have used its budget.
     earliest_end: Cell<Instant>,
 }
@@ -62,11 +62,10 @@ impl RunBudget {
         let before = LAST_READING
             .get()
             .filter(|reading| started.duration_since(reading.at) <= READING_MAX_AGE)
-            .unwrap_or_else(Reading::now);
+            .unwrap_or_else(Reading::take);
         RunBudget {
             limit,
-            before,
-            not_charged: started.saturating_duration_since(before.at),
+            charged_from: before.cpu + started.saturating_duration_since(before.at),
             earliest_end: Cell::new(started + limit),
         }
     }
@@ -76,11 +75,8 @@ impl RunBudget {
         if Instant::now() < self.earliest_end.get() {
             return false;
         }
-        let now = Reading::now();
-        let used = now
-            .cpu
-            .saturating_sub(self.before.cpu)
-            .saturating_sub(self.not_charged);
+        let now = Reading::take();
+        let used = now.cpu.saturating_sub(self.charged_from);
         match self.limit.checked_sub(used) {
             Some(left) if !left.is_zero() => {
                 // At best the run computes all of the time until then.
