@@ -340,6 +340,8 @@ impl Database {
             "notirouter_takeover_{}",
             ulid::Ulid::generate().to_string().to_lowercase()
         );
+        // Before the database exists: a server that is no URL must not leave one behind.
+        let url = with_database(server, &name)?;
         admin(server, &format!("CREATE DATABASE {name}"))
             .await
             .with_context(|| {
@@ -350,7 +352,7 @@ impl Database {
                 )
             })?;
         Ok(Database {
-            url: with_database(server, &name)?,
+            url,
             server: server.to_owned(),
             name,
         })
@@ -392,8 +394,12 @@ async fn admin(server: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
 
 /// `server` with its database replaced by `name` (and its query string kept).
 fn with_database(server: &str, name: &str) -> anyhow::Result<String> {
-    let mut url = url::Url::parse(server)
-        .with_context(|| format!("the PostgreSQL server {server:?} is not a postgres:// URL"))?;
+    let mut url = url::Url::parse(server).with_context(|| {
+        format!(
+            "the PostgreSQL server {server:?} is not a URL; set NOTIROUTER_TEST_PG (or --pg) \
+                 to one such as {DEFAULT_SERVER}"
+        )
+    })?;
     url.set_path(name);
     Ok(url.into())
 }

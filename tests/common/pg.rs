@@ -24,12 +24,10 @@ impl TestDatabase {
             "notirouter_test_{}",
             ulid::Ulid::generate().to_string().to_lowercase()
         );
+        // Before the database exists: a server that is no URL must not leave one behind.
+        let url = with_database(&server, &name);
         match admin(&server, &format!("CREATE DATABASE {name}")) {
-            Ok(()) => Some(TestDatabase {
-                url: with_database(&server, &name),
-                name,
-                server,
-            }),
+            Ok(()) => Some(TestDatabase { url, name, server }),
             Err(error) if std::env::var("CI").as_deref() == Ok("true") => {
                 panic!(
                     "PostgreSQL tests may not be skipped under CI=true, and {server} answers: {error}"
@@ -98,7 +96,11 @@ fn on_server<T>(
 /// `server` with its database replaced by `name` (and its query string kept).
 fn with_database(server: &str, name: &str) -> String {
     let mut url = url::Url::parse(server)
-        .unwrap_or_else(|error| panic!("NOTIROUTER_TEST_PG {server:?} is not a URL: {error}"));
+        .unwrap_or_else(|error| {
+            panic!(
+                "NOTIROUTER_TEST_PG {server:?} is not a URL ({error}); set it to one such as {DEFAULT_SERVER}"
+            )
+        });
     url.set_path(name);
     url.into()
 }
