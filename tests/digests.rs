@@ -19,6 +19,10 @@ use sinks::{HttpSink, SmtpSink};
 /// and alerts come one by one a second time.
 const STORM_WINDOW: &str = "20s";
 
+/// The storm window of the tests that post a few dozen failures one by one: longer than
+/// posting and running them takes on a loaded machine.
+const SHORT_STORM_WINDOW: &str = "8s";
+
 /// Long enough for a summary to be sent after its window on a busy machine.
 const SUMMARY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -189,7 +193,7 @@ fn a_storm_of_300_failures_alerts_the_threshold_one_by_one_then_one_summary_per_
 #[test]
 fn a_digest_open_at_a_kill_9_is_summarised_once_after_the_restart() {
     let (chat, smtp) = (HttpSink::start(), SmtpSink::start());
-    let mut server = TestServer::start(&shipped_config(&chat, &smtp, "8s", ""));
+    let mut server = TestServer::start(&shipped_config(&chat, &smtp, SHORT_STORM_WINDOW, ""));
     post_failures(&server, 20);
     assert!(
         summaries(&chat_texts(&chat)).is_empty(),
@@ -226,7 +230,7 @@ fn a_digest_whose_window_ended_while_the_server_was_down_fires_as_it_starts() {
 #[test]
 fn storms_of_two_versions_make_one_summary_each() {
     let (chat, smtp) = (HttpSink::start(), SmtpSink::start());
-    let server = TestServer::start(&shipped_config(&chat, &smtp, "8s", ""));
+    let server = TestServer::start(&shipped_config(&chat, &smtp, SHORT_STORM_WINDOW, ""));
     for n in 0..8 {
         for version in ["1.5", "1.6"] {
             server.post_accepted(&fail_of_version(&format!("dev-{version}-{n}"), version));
